@@ -1,0 +1,553 @@
+"""The `lmforge` command: parses arguments, calls the library, prints tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from lmforge.errors import LmforgeError
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+EXAMPLE_PROMPT = "What is the capital of France?"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def _peak_memory_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def _read_text_arg(text: str | None, file: str | None) -> str:
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise LmforgeError(f"{file}: no such file") from None
+        except UnicodeDecodeError:
+            raise LmforgeError(f"{file}: not UTF-8 text") from None
+    if text is None:
+        raise LmforgeError("give a text or --file")
+    return text
+
+
+def _add_model_arg(p: argparse.ArgumentParser, optional_positional: bool = False) -> None:
+    help_text = "model: 'smollm2-135m' (embedded, default), a GGUF file or a Hugging Face directory"
+    if optional_positional:
+        p.add_argument("model", nargs="?", default=None, help=help_text)
+    else:
+        p.add_argument("--model", "-m", default=None, help=help_text)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=128, help="most new tokens (default 128)")
+    g.add_argument("--min-tokens", type=int, default=0, help="suppress end-of-sequence before this many")
+    g.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--stop-token-id", type=int, action="append", default=[], help="stop token id (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+
+
+def _sampling_params(args):
+    from lmforge.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, seed=args.seed, max_tokens=args.max_tokens,
+        min_tokens=args.min_tokens, ignore_eos=args.ignore_eos, stop=tuple(args.stop),
+        stop_token_ids=tuple(args.stop_token_id))
+
+
+def _load(args):
+    import lmforge
+
+    return lmforge.load(args.model, args.dtype)
+
+
+def _stats_line(c, peak: int) -> str:
+    return (f"[dim]{c.prompt_tokens} prompt + {c.completion_tokens} new tokens · TTFT {c.ttft_s * 1e3:.0f} ms · "
+            f"TPOT {c.tpot_s * 1e3:.1f} ms · {c.tokens_per_s:.1f} tokens/s · finish: {c.finish_reason} · "
+            f"peak memory {peak / 1e6:.0f} MB[/dim]")
+
+
+def _completion_json(c, peak: int) -> dict:
+    return {"text": c.text, "token_ids": c.token_ids, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
+            "ttft_s": c.ttft_s, "tpot_s": c.tpot_s, "tokens_per_s": c.tokens_per_s,
+            "peak_memory_bytes": peak}
+
+
+# --- generate ----------------------------------------------------------------------------------
+
+def cmd_generate(args) -> int:
+    from lmforge.sampling import SamplingParams
+
+    base = _sampling_params(args)
+    variants = [SamplingParams.parse(spec, base) for spec in args.compare] if args.compare else [base]
+    lm = _load(args)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.prompt}]
+        prompt = lm.tokenizer.apply_chat_template(messages)
+    else:
+        prompt = lm.tokenizer.encode(args.prompt)
+    longest = max(v.max_tokens for v in variants)
+    engine = lm.engine(max_batch=len(variants), max_seq_len=min(lm.config.max_position_embeddings,
+                                                                len(prompt) + longest + 1))
+    for v in variants:
+        engine.check_fits(len(prompt), v)
+
+    if args.compare:
+        completions = engine.generate([prompt] * len(variants), variants, use_cache=not args.no_cache)
+        peak = _peak_memory_bytes()
+        if args.json:
+            _print_json([{"settings": spec, **_completion_json(c, peak)} for spec, c in zip(args.compare, completions)])
+            return 0
+        table = Table(title="Same prompt, different sampling settings", show_lines=True)
+        for col in ("settings", "answer", "tokens", "finish"):
+            table.add_column(col)
+        for spec, c in zip(args.compare, completions):
+            table.add_row(spec, c.text, str(c.completion_tokens), c.finish_reason)
+        out.print(table)
+        return 0
+
+    if args.stream and not args.no_cache and not args.json:
+        request_id = None
+        for output in engine.stream(prompt, base):
+            request_id = output.request_id
+            sys.stdout.write(output.delta_text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        completion = engine.completion(request_id)
+    else:
+        completion = engine.generate([prompt], base, use_cache=not args.no_cache)[0]
+        if not args.json:
+            out.print(completion.text, markup=False)
+    peak = _peak_memory_bytes()
+    if args.json:
+        _print_json(_completion_json(completion, peak))
+    else:
+        err.print(_stats_line(completion, peak))
+    return 0
+
+
+# --- chat --------------------------------------------------------------------------------------
+
+def trim_history(tokenizer, system: list[dict], history: list[dict], window: int, reserve: int):
+    """Drop the oldest turns until the templated conversation plus `reserve` fits the window.
+
+    Returns (prompt ids, history kept, turns dropped)."""
+    dropped = 0
+    while True:
+        ids = tokenizer.apply_chat_template(system + history)
+        if len(ids) + reserve <= window or len(history) <= 1:
+            return ids, history, dropped
+        # A turn is a user message and the answer after it.
+        cut = 2 if len(history) > 2 and history[1]["role"] == "assistant" else 1
+        history = history[cut:]
+        dropped += cut
+
+
+def cmd_chat(args) -> int:
+    lm = _load(args)
+    params = _sampling_params(args)
+    window = min(args.context or lm.config.max_position_embeddings, lm.config.max_position_embeddings)
+    engine = lm.engine(max_batch=1, max_seq_len=window)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        err.print(f"[bold]{lm.name}[/bold] chat · context {window} tokens · /reset clears, /exit or Ctrl-D quits")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history = []
+            err.print("[dim](history cleared)[/dim]")
+            continue
+        history.append({"role": "user", "content": text})
+        prompt, history, dropped = trim_history(lm.tokenizer, system, history, window, params.max_tokens)
+        if dropped:
+            err.print(f"[yellow](context window of {window} tokens is full: dropped the {dropped} oldest "
+                      f"message{'s' if dropped > 1 else ''})[/yellow]")
+        if len(prompt) + params.max_tokens > window:
+            err.print(f"[red]this message alone ({len(prompt)} tokens) plus --max-tokens {params.max_tokens} "
+                      f"does not fit the {window}-token window[/red]")
+            history.pop()
+            continue
+        sys.stdout.write("assistant> " if interactive else "")
+        request_id = None
+        for output in engine.stream(prompt, params):
+            request_id = output.request_id
+            sys.stdout.write(output.delta_text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        completion = engine.completion(request_id)
+        history.append({"role": "assistant", "content": completion.text})
+        err.print(_stats_line(completion, _peak_memory_bytes()))
+    return 0
+
+
+# --- inspect / plan ----------------------------------------------------------------------------
+
+def cmd_inspect(args) -> int:
+    from lmforge.inspection import inspect_model
+    from lmforge.plan import format_bytes
+
+    report = inspect_model(args.model)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    c = report.config
+    table = Table(title=f"{report.name} ({c.architecture})", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("source", report.source)
+    table.add_row("layers / hidden / intermediate", f"{c.num_layers} / {c.hidden_size} / {c.intermediate_size}")
+    attention = "MHA" if c.num_kv_heads == c.num_heads else ("MQA" if c.num_kv_heads == 1 else "GQA")
+    table.add_row("attention heads", f"{c.num_heads} query, {c.num_kv_heads} key/value ({attention}), "
+                                     f"head dim {c.head_dim}")
+    table.add_row("vocabulary", f"{c.vocab_size}" + (" (tied input/output embeddings)" if c.tie_word_embeddings else ""))
+    table.add_row("context length", f"{c.max_position_embeddings} tokens")
+    table.add_row("rope", f"theta {c.rope_theta:g}" + (f", scaling {c.rope_scaling_dict}" if c.rope_scaling else ""))
+    table.add_row("parameters", f"{_fmt_params(report.parameters)} ({report.parameters:,})")
+    if report.parameters_in_weights is not None:
+        table.add_row("parameters in weight files", f"{report.parameters_in_weights:,}")
+    if report.file_bytes:
+        table.add_row("file size", format_bytes(report.file_bytes))
+    if report.storage_types:
+        table.add_row("stored as", ", ".join(f"{k} x{v}" for k, v in sorted(report.storage_types.items())))
+    out.print(table)
+
+    parts = Table(title="Parameters by component")
+    for col in ("component", "parameters", "share"):
+        parts.add_column(col, justify="right" if col != "component" else "left")
+    for name, n in report.parameters_by_component.items():
+        parts.add_row(name, f"{n:,}", f"{100 * n / report.parameters:.1f} %")
+    out.print(parts)
+
+    mem = Table(title="Weight memory by precision")
+    mem.add_column("precision")
+    mem.add_column("bytes/param", justify="right")
+    mem.add_column("weights", justify="right")
+    from lmforge.plan import WEIGHT_BYTES
+    for p, b in report.memory_by_precision().items():
+        mem.add_row(p, f"{WEIGHT_BYTES[p]:.3g}", format_bytes(b))
+    out.print(mem)
+
+    kv = Table(title="KV cache per token: 2 x layers x kv_heads x head_dim x bytes")
+    kv.add_column("cache dtype")
+    kv.add_column("per token", justify="right")
+    kv.add_column("per 1000 tokens", justify="right")
+    kv.add_column(f"full context ({c.max_position_embeddings})", justify="right")
+    for p, b in report.kv_bytes_per_token().items():
+        kv.add_row(p, format_bytes(b), format_bytes(b * 1000), format_bytes(b * c.max_position_embeddings))
+    out.print(kv)
+    naive = 2 * c.hidden_size * c.num_layers * 2
+    if c.num_kv_heads != c.num_heads:
+        out.print(f"[dim]The formula 2 x hidden x layers x 2 bytes ignores {attention} and would say "
+                  f"{format_bytes(naive)} per token, {naive / report.kv_bytes_per_token()['fp16']:.0f}x too much.[/dim]")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from lmforge.loading import load_config
+    from lmforge.plan import context_budget, format_bytes, parse_bytes, plan_fit
+
+    config, name = load_config(args.model)
+    device = parse_bytes(args.device_memory)
+    context = args.context or config.max_position_embeddings
+    rows = plan_fit(config, device, context, args.batch, args.kv_dtype, args.max_utilization)
+    budget = None
+    if any(v is not None for v in (args.prompt, args.history, args.retrieval)):
+        budget = context_budget(config.max_position_embeddings if not args.context else args.context,
+                                prompt=args.prompt or 0, history=args.history or 0,
+                                retrieval=args.retrieval or 0, output=args.output)
+    if args.json:
+        data = {"model": name, "parameters": config.num_parameters, "device_memory_bytes": device,
+                "context": context, "batch": args.batch, "kv_dtype": args.kv_dtype,
+                "max_utilization": args.max_utilization,
+                "precisions": [{"precision": r.precision, "weights_bytes": r.weights, "kv_cache_bytes": r.kv_cache,
+                                "activation_bytes": r.activations, "total_bytes": r.total,
+                                "usable_bytes": r.usable, "fits": r.fits} for r in rows]}
+        if budget:
+            data["context_budget"] = {"window": budget.window, "parts": budget.parts, "used": budget.used,
+                                      "remaining": budget.remaining, "fits": budget.fits}
+        _print_json(data)
+        return 0
+    table = Table(title=f"{name} ({_fmt_params(config.num_parameters)} parameters) on a "
+                        f"{format_bytes(device)} device · context {context} · batch {args.batch} · "
+                        f"KV cache {args.kv_dtype} · at most {args.max_utilization:.0%} used")
+    for col in ("precision", "weights", "KV cache", "activations", "total", "of device", "headroom", "fits"):
+        table.add_column(col, justify="left" if col == "precision" else "right")
+    for r in rows:
+        table.add_row(r.precision, format_bytes(r.weights), format_bytes(r.kv_cache), format_bytes(r.activations),
+                      format_bytes(r.total), f"{100 * r.total / device:.0f} %", format_bytes(r.headroom),
+                      "[green]yes[/green]" if r.fits else "[red]no[/red]")
+    out.print(table)
+    best = next((r.precision for r in rows if r.fits), None)
+    out.print(f"Highest precision that fits: [bold]{best}[/bold]" if best else
+              "[red]No precision fits: shorten the context, lower the batch or pick a larger device.[/red]")
+    if budget:
+        b = Table(title=f"Context budget against a {budget.window}-token window")
+        b.add_column("part")
+        b.add_column("tokens", justify="right")
+        for part, n in budget.parts.items():
+            b.add_row(part, str(n))
+        b.add_row("[bold]total[/bold]", f"[bold]{budget.used}[/bold]")
+        b.add_row("remaining", str(budget.remaining))
+        out.print(b)
+        out.print(f"{' + '.join(str(v) for v in budget.parts.values())} = {budget.used} "
+                  f"{'<=' if budget.fits else '>'} {budget.window}: "
+                  + ("[green]fits[/green]" if budget.fits else
+                     f"[red]does not fit; cut {-budget.remaining} tokens (oldest history or retrieved text first)[/red]"))
+    return 0
+
+
+# --- tokenize / sampling / formats -------------------------------------------------------------
+
+def cmd_tokenize(args) -> int:
+    from lmforge.loading import load_checkpoint
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenstats import token_stats
+
+    texts = [_read_text_arg(None, f) for f in args.file] + list(args.text)
+    if not texts:
+        raise LmforgeError("give one or more texts, or --file")
+    checkpoint = load_checkpoint(args.model)
+    tokenizer = Tokenizer.from_dir(checkpoint.tokenizer_dir)
+    stats = [token_stats(tokenizer, t) for t in texts]
+    if args.json:
+        _print_json([{"text": s.text if len(s.text) <= 200 else s.text[:200] + "...",
+                      **s.to_dict(include_ids=not args.summary)} for s in stats])
+        return 0
+    if not args.summary:
+        for s in stats:
+            if s.count <= args.show:
+                shown = " | ".join(repr(t)[1:-1] for t in s.tokens)
+                out.print(f"[bold]{escape(repr(s.text[:60]))}[/bold]\n  ids: {s.ids}\n  tokens: {escape(shown)}")
+    table = Table(title="Token cost")
+    for col in ("text", "characters", "words", "tokens", "chars/token", "tokens/char", "tokens/word"):
+        table.add_column(col, justify="left" if col == "text" else "right")
+    for s in stats:
+        label = s.text.replace("\n", " ")
+        table.add_row(label[:40] + ("..." if len(label) > 40 else ""), str(s.characters), str(s.words),
+                      str(s.count), f"{s.chars_per_token:.2f}", f"{s.tokens_per_char:.2f}", f"{s.tokens_per_word:.2f}")
+    out.print(table)
+    if len(stats) > 1:
+        lo, hi = min(stats, key=lambda s: s.tokens_per_char), max(stats, key=lambda s: s.tokens_per_char)
+        if lo.tokens_per_char > 0:
+            out.print(f"[dim]Per character, {hi.text[:20]!r}... costs {hi.tokens_per_char / lo.tokens_per_char:.1f}x "
+                      f"the tokens of {lo.text[:20]!r}...: a byte-level BPE vocabulary learnt mostly from English "
+                      f"splits characters it saw rarely into several byte tokens, and price, latency and context "
+                      f"use all scale with tokens.[/dim]")
+    return 0
+
+
+def _float_list(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LmforgeError(f"--{name}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise LmforgeError(f"--{name}: no numbers given")
+    return values
+
+
+def cmd_sampling(args) -> int:
+    import torch
+
+    from lmforge.sampling import probabilities
+
+    logits = torch.tensor(_float_list(args.logits, "logits"), dtype=torch.float64)
+    temperatures = _float_list(args.temperature, "temperature")
+    if any(t < 0 for t in temperatures):
+        raise LmforgeError("--temperature values must be >= 0")
+    if not 0 < args.top_p <= 1 or args.top_k < 0 or not 0 <= args.min_p <= 1:
+        raise LmforgeError("--top-p must be in (0, 1], --top-k >= 0, --min-p in [0, 1]")
+    rows = [(t, probabilities(logits, t, args.top_k, args.top_p, args.min_p).tolist()) for t in temperatures]
+    if args.json:
+        _print_json({"logits": logits.tolist(), "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+                     "rows": [{"temperature": t, "probabilities": p} for t, p in rows]})
+        return 0
+    filters = ", ".join(f for f in (f"top-k {args.top_k}" if args.top_k else "",
+                                    f"top-p {args.top_p}" if args.top_p < 1 else "",
+                                    f"min-p {args.min_p}" if args.min_p else "") if f) or "no filter"
+    table = Table(title=f"softmax(logits / T), {filters}")
+    table.add_column("T")
+    for i, v in enumerate(logits.tolist()):
+        table.add_column(f"token {i} (logit {v:g})", justify="right")
+    for t, probs in rows:
+        table.add_row(f"{t:g}" + (" (greedy)" if t == 0 else ""), *(f"{p:.6f}" for p in probs))
+    out.print(table)
+    return 0
+
+
+def cmd_formats(args) -> int:
+    from lmforge.formats import bit_pattern, number_formats, stored_value
+    from lmforge.plan import format_bytes
+
+    formats = number_formats()
+    if args.json:
+        _print_json({"formats": [vars(f) | {"bytes": f.bytes, "example_bits": bit_pattern(args.value, f.name),
+                                            "example_stored": stored_value(args.value, f.name)} for f in formats],
+                     "example_value": args.value,
+                     "model_bytes": {f.name: args.params * f.bytes for f in formats} if args.params else None})
+        return 0
+    table = Table(title="Number formats")
+    for col in ("format", "bits", "sign/exp/mantissa", "max", "smallest normal", "epsilon", "~decimal digits"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for f in formats:
+        layout = f"{f.sign_bits}/{f.exponent_bits}/{f.mantissa_bits}" if f.exponent_bits else "two's complement"
+        table.add_row(f.name, str(f.bits), layout, f"{f.max_value:.6g}",
+                      f"{f.smallest_normal:.3g}" if f.smallest_normal else "-",
+                      f"{f.epsilon:.3g}", f"{f.decimal_digits:.0f}" if f.decimal_digits else "-")
+    out.print(table)
+    ex = Table(title=f"{args.value!r} stored in each format")
+    for col in ("format", "bits", "value stored", "error"):
+        ex.add_column(col)
+    for f in formats:
+        stored = stored_value(args.value, f.name)
+        ex.add_row(f.name, bit_pattern(args.value, f.name), f"{stored:.8g}", f"{abs(stored - args.value):.3g}")
+    out.print(ex)
+    if args.params:
+        mem = Table(title=f"A model of {_fmt_params(int(args.params))} parameters")
+        mem.add_column("format")
+        mem.add_column("weights", justify="right")
+        for f in formats:
+            mem.add_row(f.name, format_bytes(args.params * f.bytes))
+        out.print(mem)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="From a language-model checkpoint to a "
+                                     "measured deployment on CPUs and memory-limited chips.")
+    from lmforge import __version__
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="continue a prompt (or answer it with --chat)")
+    p.add_argument("prompt")
+    _add_model_arg(p)
+    _add_sampling_args(p)
+    p.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence per token (no KV cache)")
+    p.add_argument("--compare", nargs="+", metavar="SETTINGS",
+                   help="run the prompt under several settings, e.g. 'temperature=0.1' 'temperature=1.0,top_p=0.9'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="multi-turn chat on stdin (oldest turns drop when the window is full)")
+    _add_model_arg(p)
+    _add_sampling_args(p)
+    p.add_argument("--system", default=None)
+    p.add_argument("--context", type=int, default=None, help="context window to use (default: the model's)")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("inspect", help="architecture, parameters, memory per precision, KV cache per token")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model, config.json or catalogue name (see `lmforge plan --list`)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plan", help="which precisions fit a device with weights + KV cache + working memory")
+    p.add_argument("model", nargs="?", default=None, help="model, config.json or catalogue name")
+    p.add_argument("--device-memory", default="8GB", help="device memory, e.g. 8GB, 16GiB (default 8GB)")
+    p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: model's window)")
+    p.add_argument("--batch", type=int, default=1, help="sequences at once")
+    p.add_argument("--kv-dtype", default="fp16", help="KV-cache precision: fp32, fp16, bf16, int8")
+    p.add_argument("--max-utilization", type=float, default=0.8, help="share of device memory to use (0.8)")
+    p.add_argument("--prompt", type=int, default=None, help="context budget: prompt tokens")
+    p.add_argument("--history", type=int, default=None, help="context budget: chat-history tokens")
+    p.add_argument("--retrieval", type=int, default=None, help="context budget: retrieved-text tokens")
+    p.add_argument("--output", type=int, default=0, help="context budget: tokens reserved for the answer")
+    p.add_argument("--list", action="store_true", help="list the built-in catalogue and exit")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("tokenize", help="token ids, tokens and counts; cost per character and word")
+    p.add_argument("text", nargs="*", default=[])
+    p.add_argument("--file", action="append", default=[], help="read a text from a file (repeatable)")
+    p.add_argument("--model", "-m", default=None)
+    p.add_argument("--summary", action="store_true", help="counts only, no ids")
+    p.add_argument("--show", type=int, default=64, help="print ids and tokens of texts up to this many tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("sampling", help="probability tables for logits under temperatures and filters")
+    p.add_argument("--logits", default="3,2,1,0.5")
+    p.add_argument("--temperature", default="0.1,0.5,1,2", help="comma-separated temperatures")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sampling)
+
+    p = sub.add_parser("formats", help="FP32/FP16/BF16/INT8/INT4 layouts, ranges and precision")
+    p.add_argument("--value", type=float, default=3.14159265, help="example value to encode")
+    p.add_argument("--params", type=float, default=None, help="also show a model of this many parameters (6e9)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_formats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "plan" and args.list:
+        from lmforge import catalogue
+        for name in catalogue.names():
+            print(name)
+        return 0
+    try:
+        return args.func(args)
+    except LmforgeError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

