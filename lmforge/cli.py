@@ -103,6 +103,16 @@ def _completion_json(c, peak: int) -> dict:
             "peak_memory_bytes": peak}
 
 
+def _stream_to_stdout(engine, prompt, params):
+    completion = None
+    for output in engine.stream(prompt, params):
+        sys.stdout.write(output.delta_text)
+        sys.stdout.flush()
+        completion = output.completion
+    sys.stdout.write("\n")
+    return completion
+
+
 # --- generate ----------------------------------------------------------------------------------
 
 def cmd_generate(args) -> int:
@@ -138,13 +148,7 @@ def cmd_generate(args) -> int:
         return 0
 
     if args.stream and not args.no_cache and not args.json:
-        request_id = None
-        for output in engine.stream(prompt, base):
-            request_id = output.request_id
-            sys.stdout.write(output.delta_text)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        completion = engine.completion(request_id)
+        completion = _stream_to_stdout(engine, prompt, base)
     else:
         completion = engine.generate([prompt], base, use_cache=not args.no_cache)[0]
         if not args.json:
@@ -209,13 +213,7 @@ def cmd_chat(args) -> int:
             history.pop()
             continue
         sys.stdout.write("assistant> " if interactive else "")
-        request_id = None
-        for output in engine.stream(prompt, params):
-            request_id = output.request_id
-            sys.stdout.write(output.delta_text)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        completion = engine.completion(request_id)
+        completion = _stream_to_stdout(engine, prompt, params)
         history.append({"role": "assistant", "content": completion.text})
         err.print(_stats_line(completion, _peak_memory_bytes()))
     return 0

@@ -213,10 +213,11 @@ class BatchSampler:
             logits = apply_presence_frequency(logits, counts,
                                               torch.tensor([p.presence_penalty for p in params]),
                                               torch.tensor([p.frequency_penalty for p in params]))
-        if banned:
+        if banned and any(banned):
+            mask = torch.zeros(batch, vocab, dtype=torch.bool)
             for row, ids in enumerate(banned):
-                if ids:
-                    logits[row, list(ids)] = float("-inf")
+                mask[row, list(ids)] = True
+            logits = logits.masked_fill(mask, float("-inf"))
         tokens = logits.argmax(dim=-1)
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if not sampled:

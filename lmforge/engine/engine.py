@@ -21,17 +21,6 @@ from lmforge.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
 @dataclass
-class RequestOutput:
-    """What one step produced for one request."""
-
-    request_id: str
-    new_token_ids: list[int]
-    delta_text: str
-    finished: bool
-    finish_reason: str | None = None
-
-
-@dataclass
 class Completion:
     """A finished request."""
 
@@ -58,6 +47,18 @@ class Completion:
         if self.completion_tokens <= 1 or decode_time <= 0:
             return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return (self.completion_tokens - 1) / decode_time
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    delta_text: str
+    finished: bool
+    finish_reason: str | None = None
+    completion: Completion | None = None  # set on the last output of a request
 
 
 @dataclass
@@ -208,11 +209,14 @@ class Engine:
                 request.finish_reason = "stop" if request.stop_string_hit else "length"
         finished = request.finish_reason is not None
         delta = self._take_text(request, finished)
+        completion = None
         if finished:
             request.finish_time = now
             self.scheduler.finish(request.request_id)
             self._release(request)
-        return RequestOutput(request.request_id, [token], delta, finished, request.finish_reason)
+            del self._requests[request.request_id]
+            completion = self._completion(request)
+        return RequestOutput(request.request_id, [token], delta, finished, request.finish_reason, completion)
 
     def _apply_stop_strings(self, request: _Request) -> bool:
         """Cut the text before the first stop string; True when one was found."""
@@ -243,14 +247,13 @@ class Engine:
         self.sampler.forget(request.request_id)
 
     # --- loops over step() ------------------------------------------------------------------
-    def completion(self, request_id: str) -> Completion:
-        """Collect (and forget) a finished request."""
-        r = self._requests.pop(request_id)
+    @staticmethod
+    def _completion(r: _Request) -> Completion:
         ttft = r.first_token_time - r.arrival
         elapsed = r.finish_time - r.arrival
         decode_steps = len(r.output_ids) - 1
         tpot = (r.finish_time - r.first_token_time) / decode_steps if decode_steps > 0 else 0.0
-        return Completion(request_id, r.prompt_ids, list(r.output_ids), r.text, r.finish_reason, ttft, tpot, elapsed)
+        return Completion(r.request_id, r.prompt_ids, list(r.output_ids), r.text, r.finish_reason, ttft, tpot, elapsed)
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  use_cache: bool = True) -> list[Completion]:
@@ -261,15 +264,15 @@ class Engine:
         if not use_cache:
             return [self._generate_without_cache(p, sp) for p, sp in zip(prompts, params_list)]
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
-        pending = set(ids)
-        while pending:
+        done: dict[str, Completion] = {}
+        while len(done) < len(ids):
             for out in self.step():
-                if out.finished:
-                    pending.discard(out.request_id)
-        return [self.completion(i) for i in ids]
+                if out.completion is not None:
+                    done[out.request_id] = out.completion
+        return [done[i] for i in ids]
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[RequestOutput]:
-        """Yield this request's outputs step by step; `completion(id)` has the totals at the end."""
+        """Yield this request's outputs step by step; the last one carries the Completion."""
         request_id = self.add_request(prompt, params)
         try:
             while True:
@@ -279,8 +282,7 @@ class Engine:
                         if out.finished:
                             return
         finally:
-            if request_id in self._requests and self._requests[request_id].finish_reason is None:
-                self.abort(request_id)
+            self.abort(request_id)  # no-op when it finished
 
     @torch.inference_mode()
     def _generate_without_cache(self, prompt: str | list[int], params: SamplingParams) -> Completion:
@@ -295,5 +297,5 @@ class Engine:
             logits = self.model(sequence, torch.arange(sequence.shape[1])[None], None, last_only=True)[:, -1]
             token = self.sampler(logits, [params], [request_id], [request.history], [len(ids)],
                                  [self._banned(request)])
-            self._append(request, int(token[0]), time.perf_counter())
-        return self.completion(request_id)
+            output = self._append(request, int(token[0]), time.perf_counter())
+        return output.completion

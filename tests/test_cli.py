@@ -1,0 +1,124 @@
+"""The lmforge command on the embedded model, in real subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import save_tiny_model
+
+
+def run(*args, stdin: str | None = None, check: bool = True):
+    proc = subprocess.run([sys.executable, "-m", "lmforge.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_clean_failure(proc, message: str):
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_every_command_has_help():
+    for command in ("generate", "chat", "inspect", "plan", "tokenize", "sampling", "formats"):
+        assert "usage: lmforge " + command in run(command, "--help").stdout
+
+
+def test_generate_json_reports_text_tokens_and_timings():
+    data = json.loads(run("generate", "What is the capital of France?", "--chat", "-t", "0", "--json").stdout)
+    assert "Paris" in data["text"]
+    assert data["finish_reason"] == "stop" and data["completion_tokens"] == len(data["token_ids"])
+    assert data["prompt_tokens"] > 10  # the chat template's system prompt is included
+    assert data["ttft_s"] > 0 and data["tpot_s"] > 0 and data["tokens_per_s"] > 0
+    assert data["peak_memory_bytes"] > 100e6
+
+
+def test_generate_stream_no_cache_and_compare_agree():
+    args = ["The capital of Germany is", "-t", "0", "--max-tokens", "12", "--ignore-eos"]
+    streamed = run("generate", *args, "--stream")
+    no_cache = json.loads(run("generate", *args, "--no-cache", "--json").stdout)
+    assert streamed.stdout.strip() == no_cache["text"].strip()
+    assert "tokens/s" in streamed.stderr and "TTFT" in streamed.stderr
+    compared = json.loads(run("generate", "Once upon a time", "--max-tokens", "8", "--compare",
+                              "temperature=0", "temperature=1.0,top_p=0.9,seed=3", "--json").stdout)
+    assert [c["settings"] for c in compared] == ["temperature=0", "temperature=1.0,top_p=0.9,seed=3"]
+    assert all(c["completion_tokens"] == 8 for c in compared)
+    table = run("generate", "Once upon a time", "--max-tokens", "8", "--compare", "temperature=0", "top_k=1")
+    assert table.stdout.count("temperature=0") == 1 and "top_k=1" in table.stdout
+
+
+def test_chat_drops_oldest_turns_when_the_window_is_full():
+    turns = "\n".join(["Tell me about rivers in two sentences."] * 4)
+    proc = run("chat", "-t", "0", "--max-tokens", "40", "--context", "160", stdin=turns)
+    assert "dropped the" in proc.stderr
+    assert proc.stdout.count("\n") >= 4
+
+
+def test_inspect_embedded_model():
+    data = json.loads(run("inspect", "--json").stdout)
+    assert data["name"] == "smollm2-135m" and data["architecture"] == "llama"
+    assert data["parameters"] == data["parameters_in_weights"] == 134_515_008
+    assert data["kv_cache_bytes_per_token"]["fp16"] == 2 * 30 * 3 * 64 * 2
+    assert data["storage_types"]["Q4_1"] > 0 and data["context_length"] == 8192
+    text = run("inspect").stdout
+    assert "GQA" in text and "Weight memory by precision" in text
+
+
+def test_plan_catalogue_model_and_budget():
+    data = json.loads(run("plan", "llama-2-7b", "--device-memory", "8GB", "--context", "4096", "--batch", "1",
+                          "--prompt", "1000", "--history", "2000", "--retrieval", "3000", "--json").stdout)
+    fits = {p["precision"]: p["fits"] for p in data["precisions"]}
+    assert fits["fp16"] is False and fits["int4"] is True
+    assert data["context_budget"]["used"] == 6000 and data["context_budget"]["fits"] is False
+    assert "fits" in run("plan", "--context", "2048").stdout  # default model, table output
+
+
+def test_plan_from_config_json(tmp_path):
+    save_tiny_model(tmp_path, "mistral")
+    data = json.loads(run("plan", str(tmp_path / "config.json"), "--context", "128", "--json").stdout)
+    assert all(p["fits"] for p in data["precisions"])
+
+
+def test_tokenize_sampling_formats():
+    data = json.loads(run("tokenize", "Hello world", "你好，世界", "--json").stdout)
+    assert data[0]["tokens"] == len(data[0]["ids"]) and data[1]["tokens_per_char"] > data[0]["tokens_per_char"]
+    probs = json.loads(run("sampling", "--logits", "3,2,1,0.5", "--temperature", "0.1,1", "--json").stdout)
+    assert probs["rows"][0]["probabilities"][0] > 0.9999
+    assert sum(probs["rows"][1]["probabilities"]) == pytest.approx(1.0)
+    top_k = json.loads(run("sampling", "--top-k", "2", "--temperature", "1", "--json").stdout)
+    assert top_k["rows"][0]["probabilities"][2:] == [0.0, 0.0]
+    formats = json.loads(run("formats", "--params", "6e9", "--json").stdout)
+    assert formats["model_bytes"]["FP32"] == 24e9 and formats["model_bytes"]["INT4"] == 3e9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "hi", "--model", "/nonexistent/model"], "no such file"),
+    (["generate", "hi", "--max-tokens", "-5"], "max_tokens"),
+    (["generate", "word " * 9000, "--max-tokens", "4"], "context window"),
+    (["generate", "hi", "--temperature", "-1"], "temperature"),
+    (["inspect", "/nonexistent.gguf"], "no such file"),
+    (["plan", "llama-2-7b", "--device-memory", "lots"], "memory size"),
+    (["sampling", "--logits", "a,b"], "comma-separated numbers"),
+    (["tokenize", "--file", "/nonexistent.txt"], "no such file"),
+])
+def test_bad_input_fails_cleanly(args, message):
+    assert_clean_failure(run(*args, check=False), message)
+
+
+def test_corrupt_gguf_and_unknown_architecture_fail_cleanly(tmp_path):
+    from lmforge.loading import embedded_model_path
+
+    broken = tmp_path / "broken.gguf"
+    with open(embedded_model_path(), "rb") as f:
+        broken.write_bytes(f.read(1_000_000))
+    assert_clean_failure(run("generate", "hi", "--model", str(broken), check=False), "corrupt or truncated")
+    save_tiny_model(tmp_path / "odd", "llama")
+    config = json.loads((tmp_path / "odd" / "config.json").read_text())
+    config["model_type"] = "rwkv"
+    (tmp_path / "odd" / "config.json").write_text(json.dumps(config))
+    assert_clean_failure(run("generate", "hi", "--model", str(tmp_path / "odd"), check=False),
+                         "unsupported architecture")

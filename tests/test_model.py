@@ -1,0 +1,99 @@
+"""Model parity with transformers: the truth for the model code."""
+
+import pytest
+import torch
+import transformers
+
+from conftest import save_tiny_model
+from lmforge.kv_cache import KVCache
+from lmforge.loading import load_checkpoint
+from lmforge.model import Transformer
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "In 1492, Columbus",
+           "Large language models are deployed on small chips because"]
+
+TINY_CASES = [
+    ("llama", {}),
+    ("llama", {"tie_word_embeddings": True}),
+    ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    ("mistral", {"sliding_window": 8}),
+    ("qwen2", {}),
+]
+
+
+@pytest.mark.parametrize("architecture,overrides", TINY_CASES,
+                         ids=[f"{a}-{next(iter(o), 'plain')}" for a, o in TINY_CASES])
+def test_tiny_random_models_match_transformers(tmp_path, architecture, overrides):
+    save_tiny_model(tmp_path, architecture, **overrides)
+    checkpoint = load_checkpoint(tmp_path)
+    model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(tokens, torch.arange(24).expand(3, 24))
+        theirs = reference(tokens).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("architecture,overrides", [("mistral", {"sliding_window": 8}), ("qwen2", {})])
+def test_cached_decoding_matches_full_forward(tmp_path, architecture, overrides):
+    """Prefill + one-token steps through the slot cache give the logits of one full pass."""
+    save_tiny_model(tmp_path, architecture, **overrides)
+    checkpoint = load_checkpoint(tmp_path)
+    model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors)
+    tokens = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(checkpoint.config, num_slots=3, max_seq_len=32)
+    with torch.no_grad():
+        full = model(tokens, torch.arange(20)[None])
+        positions = torch.arange(12)[None]
+        steps = [model(tokens[:, :12], positions, cache.view([2], positions))]
+        for i in range(12, 20):
+            pos = torch.tensor([[i]])
+            steps.append(model(tokens[:, i:i + 1], pos, cache.view([2], pos)))
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
+
+
+def test_embedded_model_logits_match_transformers(embedded, reference_model):
+    tok = embedded.tokenizer
+    for prompt in PROMPTS:
+        ids = torch.tensor([tok.encode(prompt)])
+        with torch.no_grad():
+            ours = embedded.model(ids, torch.arange(ids.shape[1])[None])
+            theirs = reference_model(ids).logits
+        assert (ours - theirs).abs().max().item() < 5e-3, prompt
+
+
+def test_embedded_model_greedy_continuations_match_transformers(embedded, reference_model):
+    """32 greedy tokens, one prompt at a time and all prompts in one batch."""
+    from lmforge.sampling import SamplingParams
+
+    tok = embedded.tokenizer
+    params = SamplingParams(temperature=0, max_tokens=32, min_tokens=32)  # as min_new_tokens
+    engine = embedded.engine(max_batch=len(PROMPTS), max_seq_len=128)
+    batched = engine.generate(PROMPTS, params)
+    for prompt, completion in zip(PROMPTS, batched):
+        ids = torch.tensor([tok.encode(prompt)])
+        expected = reference_model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        expected = expected[0, ids.shape[1]:].tolist()
+        alone = engine.generate([prompt], params)[0]
+        assert alone.token_ids == expected, prompt
+        assert completion.token_ids == expected, prompt
+
+
+def test_bfloat16_model_agrees_with_float32(embedded):
+    import lmforge
+
+    bf16 = lmforge.load("smollm2-135m", "bfloat16")
+    assert bf16.model.dtype == torch.bfloat16
+    ids = torch.tensor([embedded.tokenizer.encode(" ".join(PROMPTS))])
+    positions = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        a = embedded.model(ids, positions)[0]
+        b = bf16.model(ids, positions)[0].float()
+    agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    assert agreement > 0.85
+    assert torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True,
+                                      reduction="batchmean") < 0.1
