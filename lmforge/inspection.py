@@ -67,8 +67,9 @@ def inspect_model(spec) -> ModelReport:
     """Report on a catalogue name, config.json, model directory or GGUF file (weights not loaded)."""
     from lmforge import catalogue, loading
 
-    if spec is not None and catalogue.lookup(str(spec)) is not None and not Path(str(spec)).exists():
-        config = catalogue.lookup(str(spec))
+    known = catalogue.lookup(str(spec)) if spec is not None and not Path(str(spec)).exists() else None
+    if known is not None:
+        config = known
         return ModelReport(str(spec).lower(), "built-in catalogue (public config)", config,
                            config.parameter_counts(), None, None)
     path = Path(str(spec)) if spec is not None else None

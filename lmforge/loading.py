@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class ModelSource:
 @dataclass
 class Checkpoint:
     config: ModelConfig
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     tokenizer_dir: Path
     source: ModelSource
     details: dict = field(default_factory=dict)
@@ -114,18 +115,45 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+class SafetensorsTensors(Mapping):
+    """Tensor name -> tensor, read from the files one tensor at a time on access.
 
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
+    Building a model then holds each checkpoint tensor only while converting it, not the whole
+    checkpoint next to the model.
+    """
+
+    def __init__(self, files: list[Path], rename=lambda name: name):
+        from safetensors import safe_open
+
+        self._where: dict[str, tuple[Path, str]] = {}
+        for file in files:
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for name in f.keys():
+                        self._where[rename(name)] = (file, name)
+            except Exception as e:  # safetensors raises its own error types for corrupt files
+                raise ModelError(f"{file}: corrupt or truncated safetensors file ({e})") from None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file, stored_name = self._where[name]
         try:
             with safe_open(str(file), framework="pt") as f:
-                for name in f.keys():
-                    tensors[name] = f.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ModelError(f"{file}: corrupt or truncated safetensors file ({e})") from None
-    return tensors
+                return f.get_tensor(stored_name)
+        except Exception as e:
+            raise ModelError(f"{file}: cannot read tensor {stored_name} ({e})") from None
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _hf_name(name: str) -> str:
+    """Multimodal checkpoints nest the language model; lmforge reads just that part."""
+    return name.removeprefix("model.language_model.").replace("language_model.model.", "model.")
 
 
 def _load_hf_dir(source: ModelSource) -> Checkpoint:
@@ -133,9 +161,7 @@ def _load_hf_dir(source: ModelSource) -> Checkpoint:
     if not config.is_runnable:
         raise ModelError(f"{source.path / 'config.json'}: unsupported architecture "
                          f"'{config.architecture}'; lmforge runs {', '.join(RUNNABLE_ARCHITECTURES)}")
-    tensors = _read_safetensors(_safetensors_files(source.path))
-    tensors = {k.removeprefix("model.language_model.").replace("language_model.model.", "model."): v
-               for k, v in tensors.items()}
+    tensors = SafetensorsTensors(_safetensors_files(source.path), _hf_name)
     check_tensor_names(config, tensors, source.path)
     details = {}
     meta = source.path / "lmforge_source.json"
@@ -311,7 +337,10 @@ def convert_gguf(source: ModelSource, cache_dir: Path) -> Path:
         }, indent=2))
         with status("Converting the GGUF tokenizer"):
             _save_gguf_tokenizer(source.path, work)
-        os.replace(work, target) if not target.exists() else shutil.rmtree(work)
+        if target.exists():  # another process converted it meanwhile
+            shutil.rmtree(work)
+        else:
+            os.replace(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
