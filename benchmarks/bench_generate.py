@@ -58,7 +58,7 @@ def run_lmforge(dtype: str, decode: int, no_cache_tokens: int) -> dict:
         engine.generate([short_prompt], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
         engine.generate([long_prompt], SamplingParams(temperature=0, max_tokens=1))
     prefill = min(engine.generate([long_prompt], SamplingParams(temperature=0, max_tokens=1))[0].ttft_s
-                  for _ in range(3))
+                  for _ in range(5))
     runs = [engine.generate([short_prompt], greedy)[0] for _ in range(2)]
     best = min(runs, key=lambda c: c.tpot_s)
     no_cache = engine.generate([short_prompt], SamplingParams(temperature=0, max_tokens=no_cache_tokens,
@@ -93,8 +93,8 @@ def run_transformers(dtype: str, decode: int, no_cache_tokens: int) -> dict:
     for _ in range(2):  # its first calls are several times slower than the steady state
         generate(short_prompt, decode)
         first_token(long_prompt)
-    prefill = min(first_token(long_prompt) for _ in range(3))
-    ttft = min(first_token(short_prompt) for _ in range(3))
+    prefill = min(first_token(long_prompt) for _ in range(5))
+    ttft = min(first_token(short_prompt) for _ in range(5))
     total = min(generate(short_prompt, decode) for _ in range(2))
     tpot = (total - ttft) / (decode - 1)
     no_cache_total = generate(short_prompt, no_cache_tokens, use_cache=False)
