@@ -15,7 +15,7 @@ from rich.table import Table
 from lmforge.errors import LmforgeError
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 EXAMPLE_PROMPT = "What is the capital of France?"
 
