@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import ModelError
@@ -48,9 +48,6 @@ class ModelConfig:
     @property
     def is_runnable(self) -> bool:
         return self.architecture in RUNNABLE_ARCHITECTURES
-
-    def with_changes(self, **changes) -> "ModelConfig":
-        return replace(self, **changes)
 
     # --- sizes -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +60,3 @@ def stored_value(value: float, fmt: str) -> float:
         return float(torch.tensor([value], dtype=_FLOATS[fmt][0]).float().item())
     bits = int(fmt.removeprefix("INT"))
     return float(max(-(2 ** (bits - 1)), min(2 ** (bits - 1) - 1, round(value))))
-
-
-def float32_bits(value: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", value))[0]

@@ -34,12 +34,8 @@ def format_bytes(n: float) -> str:
 
 
 def weight_bytes(config: ModelConfig, precision: str) -> float:
-    counts = config.parameter_counts()
-    # Norm weights stay in floating point whatever the precision.
-    quantizable = config.num_parameters - counts["norms"]
-    norm_bytes = counts["norms"] * min(WEIGHT_BYTES[precision], 2.0) if precision in ("int8", "int4") else \
-        counts["norms"] * WEIGHT_BYTES[precision]
-    return quantizable * WEIGHT_BYTES[precision] + norm_bytes
+    # Norm weights (<0.1 % of a model) are counted at the same width as the rest.
+    return config.num_parameters * WEIGHT_BYTES[precision]
 
 
 def activation_bytes(config: ModelConfig, batch: int, context: int) -> float:
