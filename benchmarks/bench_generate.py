@@ -43,88 +43,124 @@ def _prompt_ids(vocab: int, n: int) -> list[int]:
     return torch.randint(100, vocab - 100, (n,), generator=torch.Generator().manual_seed(0)).tolist()
 
 
-def run_lmforge(dtype: str, decode: int, no_cache_tokens: int) -> dict:
-    import torch
+class LmforgeRunner:
+    def __init__(self, dtype: str, decode: int):
+        import lmforge
+        from lmforge import SamplingParams
 
-    import lmforge
-    from lmforge import SamplingParams
+        self.lm = lmforge.load("smollm2-135m", dtype)
+        self.engine = self.lm.engine(max_batch=1, max_seq_len=PROMPT_TOKENS + decode + 8)
+        self.params = SamplingParams
+        self.long_prompt = _prompt_ids(self.lm.config.vocab_size, PROMPT_TOKENS)
+        self.short_prompt = self.long_prompt[:32]
 
-    lm = lmforge.load("smollm2-135m", dtype)
-    engine = lm.engine(max_batch=1, max_seq_len=PROMPT_TOKENS + decode + 8)
-    long_prompt = _prompt_ids(lm.config.vocab_size, PROMPT_TOKENS)
-    short_prompt = long_prompt[:32]
-    greedy = SamplingParams(temperature=0, max_tokens=decode, ignore_eos=True)
-    for _ in range(2):  # warm up
-        engine.generate([short_prompt], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
-        engine.generate([long_prompt], SamplingParams(temperature=0, max_tokens=1))
-    prefill = min(engine.generate([long_prompt], SamplingParams(temperature=0, max_tokens=1))[0].ttft_s
-                  for _ in range(5))
-    runs = [engine.generate([short_prompt], greedy)[0] for _ in range(2)]
-    best = min(runs, key=lambda c: c.tpot_s)
-    no_cache = engine.generate([short_prompt], SamplingParams(temperature=0, max_tokens=no_cache_tokens,
-                                                              ignore_eos=True), use_cache=False)[0]
-    weight_bytes = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    return {"prefill_tokens_per_s": PROMPT_TOKENS / prefill, "ttft_s": best.ttft_s, "tpot_s": best.tpot_s,
-            "decode_tokens_per_s": 1 / best.tpot_s, "no_cache_tpot_s": no_cache.tpot_s,
-            "weight_bytes": weight_bytes, "threads": torch.get_num_threads()}
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.lm.model.parameters())
+
+    def prefill_s(self) -> float:
+        return self.engine.generate([self.long_prompt], self.params(temperature=0, max_tokens=1))[0].ttft_s
+
+    def decode(self, n: int, use_cache: bool = True) -> tuple[float, float]:
+        """(TTFT, TPOT) of n greedy tokens after a 32-token prompt."""
+        c = self.engine.generate([self.short_prompt], self.params(temperature=0, max_tokens=n, ignore_eos=True),
+                                 use_cache=use_cache)[0]
+        return c.ttft_s, c.tpot_s
 
 
-def run_transformers(dtype: str, decode: int, no_cache_tokens: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
+class TransformersRunner:
+    def __init__(self, dtype: str, decode: int):
+        import torch
+        from transformers import AutoModelForCausalLM
 
-    from lmforge.loading import convert_gguf, default_cache_dir, resolve
+        from lmforge.loading import convert_gguf, default_cache_dir, resolve
 
-    folder = convert_gguf(resolve("smollm2-135m"), default_cache_dir())
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
-    long_prompt = torch.tensor([_prompt_ids(model.config.vocab_size, PROMPT_TOKENS)])
-    short_prompt = long_prompt[:, :32]
+        self.torch = torch
+        folder = convert_gguf(resolve("smollm2-135m"), default_cache_dir())
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+        self.long_prompt = torch.tensor([_prompt_ids(self.model.config.vocab_size, PROMPT_TOKENS)])
+        self.short_prompt = self.long_prompt[:, :32]
 
-    def generate(ids, n, use_cache=True):
+    def _generate(self, ids, n: int, use_cache: bool = True) -> float:
+        torch = self.torch
         t = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, use_cache=use_cache, pad_token_id=0)
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                do_sample=False, use_cache=use_cache, pad_token_id=0)
         return time.perf_counter() - t
 
-    def first_token(ids):
-        return generate(ids, 1)
+    def prefill_s(self) -> float:
+        return self._generate(self.long_prompt, 1)
 
-    for _ in range(2):  # its first calls are several times slower than the steady state
-        generate(short_prompt, decode)
-        first_token(long_prompt)
-    prefill = min(first_token(long_prompt) for _ in range(5))
-    ttft = min(first_token(short_prompt) for _ in range(5))
-    total = min(generate(short_prompt, decode) for _ in range(2))
-    tpot = (total - ttft) / (decode - 1)
-    no_cache_total = generate(short_prompt, no_cache_tokens, use_cache=False)
-    no_cache_tpot = (no_cache_total - ttft) / (no_cache_tokens - 1)
-    return {"prefill_tokens_per_s": PROMPT_TOKENS / prefill, "ttft_s": ttft, "tpot_s": tpot,
-            "decode_tokens_per_s": 1 / tpot, "no_cache_tpot_s": no_cache_tpot,
-            "threads": torch.get_num_threads()}
+    def decode(self, n: int, use_cache: bool = True) -> tuple[float, float]:
+        ttft = self._generate(self.short_prompt, 1)
+        total = self._generate(self.short_prompt, n, use_cache)
+        return ttft, (total - ttft) / (n - 1)
 
 
-def child(tool: str, dtype: str, decode: int, no_cache_tokens: int) -> None:
-    fn = run_lmforge if tool == "lmforge" else run_transformers
-    result = fn(dtype, decode, no_cache_tokens)
-    result["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+RUNNERS = {"lmforge": LmforgeRunner, "transformers": TransformersRunner}
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def speed_child(dtype: str, decode: int, no_cache_tokens: int, repeats: int) -> dict:
+    """Both tools in one process, measured in turn, so drifts in machine load hit both alike."""
+    import torch
+
+    runners = {name: cls(dtype, decode) for name, cls in RUNNERS.items()}
+    for runner in runners.values():  # warm up: first calls are several times slower
+        for _ in range(2):
+            runner.decode(decode)
+            runner.prefill_s()
+    samples = {name: {"prefill": [], "ttft": [], "tpot": []} for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            samples[name]["prefill"].append(runner.prefill_s())
+            ttft, tpot = runner.decode(decode)
+            samples[name]["ttft"].append(ttft)
+            samples[name]["tpot"].append(tpot)
+    results = {}
+    for name, runner in runners.items():
+        s = samples[name]
+        prefill, tpot = _median(s["prefill"]), _median(s["tpot"])
+        results[name] = {"prefill_tokens_per_s": PROMPT_TOKENS / prefill, "ttft_s": _median(s["ttft"]),
+                         "tpot_s": tpot, "decode_tokens_per_s": 1 / tpot,
+                         "no_cache_tpot_s": runner.decode(no_cache_tokens, use_cache=False)[1],
+                         "samples": s, "threads": torch.get_num_threads()}
+    results["lmforge"]["weight_bytes"] = runners["lmforge"].weight_bytes()
+    return results
+
+
+def memory_child(tool: str, dtype: str, decode: int) -> dict:
+    """Peak resident memory of one tool alone: load, then generate."""
+    runner = RUNNERS[tool](dtype, decode)
+    runner.decode(decode)
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def child(kind: str, dtype: str, decode: int, no_cache_tokens: int, repeats: int) -> None:
+    result = speed_child(dtype, decode, no_cache_tokens, repeats) if kind == "speed" else \
+        memory_child(kind, dtype, decode)
     print("RESULT " + json.dumps(result))
 
 
-def spawn(tool: str, dtype: str, decode: int, no_cache_tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", tool, "--dtypes", dtype, "--decode", str(decode),
-                           "--no-cache-tokens", str(no_cache_tokens)], capture_output=True, text=True)
+def spawn(kind: str, dtype: str, args) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--dtypes", dtype, "--decode", str(args.decode),
+                           "--no-cache-tokens", str(args.no_cache_tokens), "--repeats", str(args.repeats)],
+                          capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"{tool} {dtype} failed:\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"{kind} {dtype} failed:\n{proc.stderr[-3000:]}")
 
 
 def write_results_section(results: dict, dtypes: list[str]) -> None:
     """Replace this benchmark's section of RESULTS.md (between its markers) with today's figures."""
     lines = [f"Measured {results['date']} on {results['machine']}; copy bandwidth "
              f"{results['bandwidth_gbs']:.1f} GB/s. Greedy, {results['prompt_tokens']}-token prefill, "
-             f"{results['decode_tokens']} decoded tokens, both tools warm (two runs first).", "",
+             f"{results['decode_tokens']} decoded tokens, both tools warm (two runs first), measured in turn "
+             f"in one process, medians of {results['repeats']}; peak memory of each tool alone.", "",
              "| dtype | tool | prefill tok/s | decode tok/s | TTFT ms | TPOT ms | no-cache TPOT ms | peak MB "
              "| decode vs transformers | prefill vs transformers | of bandwidth bound |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -158,11 +194,12 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--decode", type=int, default=128)
     parser.add_argument("--no-cache-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per tool (median)")
     parser.add_argument("--child", default=None)
     parser.add_argument("--out", default=str(HERE / "out" / "bench_generate.json"))
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.dtypes, args.decode, args.no_cache_tokens)
+        child(args.child, args.dtypes, args.decode, args.no_cache_tokens, args.repeats)
         return
 
     from rich.console import Console
@@ -172,11 +209,13 @@ def main() -> None:
     bandwidth = measure_bandwidth_gbs()
     results = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores", "bandwidth_gbs": bandwidth, "prompt_tokens": PROMPT_TOKENS,
-               "decode_tokens": args.decode, "runs": {}}
+               "decode_tokens": args.decode, "repeats": args.repeats, "runs": {}}
     for dtype in args.dtypes.split(","):
-        for tool in ("transformers", "lmforge"):
-            console.print(f"[dim]measuring {tool} {dtype} ...[/dim]")
-            results["runs"][f"{tool}/{dtype}"] = spawn(tool, dtype, args.decode, args.no_cache_tokens)
+        console.print(f"[dim]measuring speed, {dtype}: both tools in turn, {args.repeats} times ...[/dim]")
+        speed = spawn("speed", dtype, args)
+        for tool in RUNNERS:
+            console.print(f"[dim]measuring peak memory of {tool} alone, {dtype} ...[/dim]")
+            results["runs"][f"{tool}/{dtype}"] = {**speed[tool], **spawn(tool, dtype, args)}
 
     table = Table(title=f"Embedded model (SmolLM2-135M), greedy, {PROMPT_TOKENS}-token prefill, "
                         f"{args.decode} decoded tokens; copy bandwidth {bandwidth:.1f} GB/s")
