@@ -451,6 +451,42 @@ def cmd_formats(args) -> int:
     return 0
 
 
+# --- eval ------------------------------------------------------------------------------------
+
+def cmd_eval(args) -> int:
+    import lmforge
+    from lmforge.evaluate import evaluate
+
+    text = _read_text_arg(None, args.text)
+    if args.max_text_tokens is not None and args.max_text_tokens < 2:
+        raise LmforgeError("--max-text-tokens must be at least 2")
+    lm = _load(args)
+    ids = lm.tokenizer.encode(text, add_special_tokens=False)[: args.max_text_tokens]
+    reference = None
+    if args.reference is not None or args.reference_dtype is not None:
+        reference = lmforge.load(args.reference if args.reference is not None else args.model,
+                                 args.reference_dtype or "float32").model
+    result = evaluate(lm.model, ids, ctx=args.ctx, stride=args.stride, reference=reference)
+    if args.json:
+        _print_json({"model": lm.name, "dtype": args.dtype, "text": args.text, "ctx": args.ctx,
+                     "stride": args.stride, **result.to_dict()})
+        return 0
+    table = Table(title=f"{lm.name} ({args.dtype}) on {Path(args.text).name}: {result.tokens_scored} tokens "
+                        f"scored, window {args.ctx}, stride {args.stride}", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("perplexity", f"{result.perplexity:.4f}")
+    table.add_row("mean NLL (nats/token)", f"{result.mean_nll:.5f}")
+    if reference is not None:
+        table.add_row("reference perplexity", f"{result.reference_perplexity:.4f}")
+        delta = 100 * (result.perplexity / result.reference_perplexity - 1)
+        table.add_row("delta perplexity", f"{delta:+.3f} %")
+        table.add_row("KL(reference || model)", f"{result.kl_divergence:.6f}")
+        table.add_row("top-1 agreement", f"{100 * result.top1_agreement:.2f} %")
+    out.print(table)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,6 +515,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None)
     p.add_argument("--context", type=int, default=None, help="context window to use (default: the model's)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval", help="perplexity on a text; KL and top-1 agreement against a reference")
+    p.add_argument("model", nargs="?", default=None, help="model to evaluate (default: the embedded one)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--text", required=True, help="UTF-8 text file to score")
+    p.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
+    p.add_argument("--stride", type=int, default=256, help="window step in tokens (256)")
+    p.add_argument("--max-text-tokens", type=int, default=None, help="score only the first N tokens of the text")
+    p.add_argument("--reference", default=None, help="reference model for KL / top-1 (default: the same model)")
+    p.add_argument("--reference-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="reference dtype (default float32); giving it alone compares dtypes of one model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inspect", help="architecture, parameters, memory per precision, KV cache per token")
     p.add_argument("model", nargs="?", default=None,

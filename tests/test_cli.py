@@ -24,7 +24,7 @@ def assert_clean_failure(proc, message: str):
 
 
 def test_every_command_has_help():
-    for command in ("generate", "chat", "inspect", "plan", "tokenize", "sampling", "formats"):
+    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats"):
         assert "usage: lmforge " + command in run(command, "--help").stdout
 
 
@@ -95,7 +95,18 @@ def test_tokenize_sampling_formats():
     assert formats["model_bytes"]["FP32"] == 24e9 and formats["model_bytes"]["INT4"] == 3e9
 
 
+def test_eval_bf16_against_float32(shared_data):
+    data = json.loads(run("eval", "--dtype", "bfloat16", "--reference-dtype", "float32", "--text",
+                          str(shared_data / "wikitext2_test.txt"), "--max-text-tokens", "300", "--ctx", "128",
+                          "--stride", "64", "--json").stdout)
+    assert data["tokens_scored"] == 299
+    assert data["perplexity"] > 1 and data["reference_perplexity"] > 1
+    assert 0 < data["kl_divergence"] < 0.1 and 0.8 < data["top1_agreement"] < 1
+
+
 @pytest.mark.parametrize("args,message", [
+    (["eval", "--text", "/nonexistent.txt"], "no such file"),
+    (["eval", "--text", "README.md", "--ctx", "8", "--stride", "16"], "stride"),
     (["generate", "hi", "--model", "/nonexistent/model"], "no such file"),
     (["generate", "hi", "--max-tokens", "-5"], "max_tokens"),
     (["generate", "word " * 9000, "--max-tokens", "4"], "context window"),
