@@ -133,3 +133,10 @@ def test_corrupt_gguf_and_unknown_architecture_fail_cleanly(tmp_path):
     (tmp_path / "odd" / "config.json").write_text(json.dumps(config))
     assert_clean_failure(run("generate", "hi", "--model", str(tmp_path / "odd"), check=False),
                          "unsupported architecture")
+
+
+def test_inspect_hf_directory_counts_parameters_from_weights(tmp_path):
+    save_tiny_model(tmp_path, "qwen2")
+    data = json.loads(run("inspect", str(tmp_path), "--json").stdout)
+    assert data["architecture"] == "qwen2" and data["parameters"] == data["parameters_in_weights"]
+    assert data["storage_types"] == {"F32": 27} and data["file_bytes"] > 4 * data["parameters"]
