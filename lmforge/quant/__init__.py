@@ -1,0 +1,1 @@
+"""Quantization: the number mapping (rtn) first; methods and packed layers build on it."""
