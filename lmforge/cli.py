@@ -53,7 +53,8 @@ def _add_model_arg(p: argparse.ArgumentParser, optional_positional: bool = False
         p.add_argument("model", nargs="?", default=None, help=help_text)
     else:
         p.add_argument("--model", "-m", default=None, help=help_text)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype (default: float32, or what a quantized model was made for)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -71,6 +72,17 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--stop-token-id", type=int, action="append", default=[], help="stop token id (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+
+
+def _add_kv_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                   help="KV-cache storage: the model's dtype (auto), or INT8 with a scale per token and head")
+
+
+def _kv_dtype(args):
+    import torch
+
+    return None if args.kv_cache_dtype == "auto" else getattr(torch, args.kv_cache_dtype)
 
 
 def _sampling_params(args):
@@ -129,7 +141,7 @@ def cmd_generate(args) -> int:
         prompt = lm.tokenizer.encode(args.prompt)
     longest = max(v.max_tokens for v in variants)
     engine = lm.engine(max_batch=len(variants), max_seq_len=min(lm.config.max_position_embeddings,
-                                                                len(prompt) + longest + 1))
+                                                                len(prompt) + longest + 1), kv_dtype=_kv_dtype(args))
     for v in variants:
         engine.check_fits(len(prompt), v)
 
@@ -182,7 +194,7 @@ def cmd_chat(args) -> int:
     lm = _load(args)
     params = _sampling_params(args)
     window = min(args.context or lm.config.max_position_embeddings, lm.config.max_position_embeddings)
-    engine = lm.engine(max_batch=1, max_seq_len=window)
+    engine = lm.engine(max_batch=1, max_seq_len=window, kv_dtype=_kv_dtype(args))
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
     interactive = sys.stdin.isatty()
@@ -248,6 +260,8 @@ def cmd_inspect(args) -> int:
         table.add_row("file size", format_bytes(report.file_bytes))
     if report.storage_types:
         table.add_row("stored as", ", ".join(f"{k} x{v}" for k, v in sorted(report.storage_types.items())))
+    if report.quantization:
+        table.add_row("quantization", report.quantization)
     out.print(table)
 
     parts = Table(title="Parameters by component")
@@ -467,11 +481,12 @@ def cmd_eval(args) -> int:
         reference = lmforge.load(args.reference if args.reference is not None else args.model,
                                  args.reference_dtype or "float32").model
     result = evaluate(lm.model, ids, ctx=args.ctx, stride=args.stride, reference=reference)
+    dtype_name = str(lm.model.dtype).removeprefix("torch.")
     if args.json:
-        _print_json({"model": lm.name, "dtype": args.dtype, "text": args.text, "ctx": args.ctx,
+        _print_json({"model": lm.name, "dtype": dtype_name, "text": args.text, "ctx": args.ctx,
                      "stride": args.stride, **result.to_dict()})
         return 0
-    table = Table(title=f"{lm.name} ({args.dtype}) on {Path(args.text).name}: {result.tokens_scored} tokens "
+    table = Table(title=f"{lm.name} ({dtype_name}) on {Path(args.text).name}: {result.tokens_scored} tokens "
                         f"scored, window {args.ctx}, stride {args.stride}", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -484,6 +499,108 @@ def cmd_eval(args) -> int:
         table.add_row("KL(reference || model)", f"{result.kl_divergence:.6f}")
         table.add_row("top-1 agreement", f"{100 * result.top1_agreement:.2f} %")
     out.print(table)
+    return 0
+
+
+# --- quantize ----------------------------------------------------------------------------------
+
+def recipe_from_args(args):
+    from lmforge.quant.recipe import QuantRecipe
+
+    if args.bits not in (4, 8):
+        raise LmforgeError(f"--bits must be 8 or 4, got {args.bits}")
+    granularity = args.granularity
+    if granularity is None:  # 4-bit and AWQ default to groups of 128, W8A8 to per channel
+        grouped = args.group_size is not None or args.bits == 4 or args.method == "awq"
+        granularity = "group" if grouped and args.method not in ("llm-int8", "smoothquant") else "channel"
+    return QuantRecipe(method=args.method, bits=args.bits, granularity=granularity,
+                       group_size=args.group_size or 128, symmetric=not args.asym,
+                       head_bits=None if args.head == "float" else 8, activations=args.activations,
+                       outlier_threshold=args.threshold, damp=args.damp, desc_act=args.desc_act,
+                       awq_grid=args.awq_grid, alpha=args.alpha, calibration_samples=args.calib_samples,
+                       calibration_tokens=args.calib_tokens)
+
+
+def cmd_quantize(args) -> int:
+    from lmforge.plan import format_bytes
+    from lmforge.quant.workflow import quantize_to_folder, weight_bytes
+
+    recipe = recipe_from_args(args)
+    lm, report, folder = quantize_to_folder(args.model, recipe, args.out, args.calib)
+    file_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
+    resident = weight_bytes(lm.model)
+    if args.json:
+        _print_json({"out": str(folder), "file_bytes": file_bytes, "weight_bytes": resident,
+                     "float32_weight_bytes": report.float32_weight_bytes, **report.to_dict()})
+        return 0
+    table = Table(title=f"{lm.name}: {recipe.method}, {recipe.bits}-bit "
+                        f"{'symmetric' if recipe.symmetric else 'asymmetric'} per {recipe.granularity}"
+                        + (f" {recipe.group_size}" if recipe.granularity == "group" else ""))
+    for col in ("layer", "shape", "MSE", "max abs error", "SQNR dB", "note"):
+        table.add_column(col, justify="left" if col in ("layer", "note") else "right")
+    for layer in report.layers:
+        table.add_row(layer.name, "x".join(map(str, layer.shape)), f"{layer.mse:.3g}", f"{layer.max_abs:.3g}",
+                      f"{layer.sqnr_db:.1f}", layer.note)
+    out.print(table)
+    out.print(f"Saved to [bold]{escape(str(folder))}[/bold]: weights file {format_bytes(file_bytes)}; resident "
+              f"weights {format_bytes(resident)} = {resident / report.float32_weight_bytes:.2f}x float32 "
+              f"({format_bytes(report.float32_weight_bytes)}).")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lmforge.plan import format_bytes
+    from lmforge.quant.compare import DEFAULT_PROMPTS, compare, parse_variants, write_outputs
+
+    variants = parse_variants(args.variants)
+    prompts = tuple(args.prompt or DEFAULT_PROMPTS)
+    text_ids = None
+    if args.text:
+        text = _read_text_arg(None, args.text)
+        from lmforge.loading import load_checkpoint
+        from lmforge.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_dir(load_checkpoint(args.model).tokenizer_dir)
+        text_ids = tokenizer.encode(text, add_special_tokens=False)[: args.max_text_tokens]
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None and args.keep_models and (out_dir / "models").exists():
+        raise LmforgeError(f"{out_dir / 'models'}: exists; choose a new --out to keep the models")
+
+    def progress(r):
+        err.print(f"[dim]{r.variant}: decode {r.decode_tokens_per_s:.1f} tokens/s"
+                  + (f", perplexity {r.perplexity:.3f}" if r.perplexity is not None else "") + "[/dim]")
+
+    results = compare(args.model, variants, text_ids, prompts, args.calib, args.ctx, args.stride,
+                      out_dir / "models" if out_dir is not None and args.keep_models else None, progress,
+                      args.prompt_tokens, args.decode_tokens)
+    title = f"{args.model or 'smollm2-135m'}: quantization variants"
+    paths = write_outputs(results, out_dir, title) if out_dir is not None else {}
+    if args.json:
+        _print_json({"variants": [r.to_dict() for r in results], **{k: str(v) for k, v in paths.items()}})
+        return 0
+    table = Table(title=title)
+    cols = ("variant", "file", "resident", "prefill tok/s", "decode tok/s", "TTFT ms", "TPOT ms", "perplexity",
+            "delta ppl", "KL", "top-1")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in results:
+        quality = ("-", "-", "-", "-") if r.perplexity is None else (
+            f"{r.perplexity:.3f}", f"{r.delta_perplexity_pct:+.2f} %", f"{r.kl_divergence:.4f}",
+            f"{100 * r.top1_agreement:.1f} %")
+        table.add_row(f"{r.variant} [dim]({r.description})[/dim]", format_bytes(r.file_bytes),
+                      format_bytes(r.weight_bytes), f"{r.prefill_tokens_per_s:.0f}", f"{r.decode_tokens_per_s:.1f}",
+                      f"{r.ttft_s * 1e3:.0f}", f"{r.tpot_s * 1e3:.1f}", *quality)
+    out.print(table)
+    if prompts:
+        answers = Table(title="Answers (greedy)", show_lines=True)
+        answers.add_column("variant")
+        for p in prompts:
+            answers.add_column(p)
+        for r in results:
+            answers.add_row(r.variant, *r.answers)
+        out.print(answers)
+    for kind, path in paths.items():
+        out.print(f"wrote {kind}: {escape(str(path))}")
     return 0
 
 
@@ -504,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message (with --chat)")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence per token (no KV cache)")
+    _add_kv_cache_arg(p)
     p.add_argument("--compare", nargs="+", metavar="SETTINGS",
                    help="run the prompt under several settings, e.g. 'temperature=0.1' 'temperature=1.0,top_p=0.9'")
     p.add_argument("--json", action="store_true")
@@ -514,11 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--system", default=None)
     p.add_argument("--context", type=int, default=None, help="context window to use (default: the model's)")
+    _add_kv_cache_arg(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="perplexity on a text; KL and top-1 agreement against a reference")
     p.add_argument("model", nargs="?", default=None, help="model to evaluate (default: the embedded one)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype (default: float32, or what a quantized model was made for)")
     p.add_argument("--text", required=True, help="UTF-8 text file to score")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
     p.add_argument("--stride", type=int, default=256, help="window step in tokens (256)")
@@ -528,6 +648,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference dtype (default float32); giving it alone compares dtypes of one model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a model (rtn, llm-int8, gptq, awq, smoothquant) and save it")
+    p.add_argument("model", nargs="?", default=None, help="model to quantize (default: the embedded one)")
+    p.add_argument("--method", required=True, help="rtn, llm-int8, gptq, awq or smoothquant")
+    p.add_argument("--bits", type=int, default=8, help="weight bits: 8 or 4 (default 8)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="input columns per scale (32, 64, 128, 256); default: 128 for 4-bit, per channel for 8-bit")
+    p.add_argument("--granularity", choices=["tensor", "channel", "group"], default=None,
+                   help="weight scales per tensor, per output channel or per group")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument("--sym", action="store_true", help="symmetric weights (default)")
+    sym.add_argument("--asym", action="store_true", help="asymmetric weights (scale and zero point)")
+    p.add_argument("--activations", choices=["token", "tensor"], default=None,
+                   help="also quantize activations to INT8 at run time (W8A8), per token or per tensor")
+    p.add_argument("--head", choices=["int8", "float"], default="int8",
+                   help="output layer (and tied embedding): INT8 per channel (default) or kept in float")
+    p.add_argument("--calib", default=None, help="calibration text file (default: the text lmforge ships)")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences (32)")
+    p.add_argument("--calib-tokens", type=int, default=512, help="tokens per calibration sequence (512)")
+    p.add_argument("--damp", type=float, default=0.01, help="gptq: Hessian damping (0.01)")
+    p.add_argument("--no-desc-act", dest="desc_act", action="store_false",
+                   help="gptq: quantize columns in their natural order instead of act-order")
+    p.add_argument("--awq-grid", type=int, default=20, help="awq: scale-exponent grid points (20)")
+    p.add_argument("--alpha", type=float, default=0.5, help="smoothquant: migration strength (0.5)")
+    p.add_argument("--threshold", type=float, default=6.0, help="llm-int8: outlier threshold (6.0)")
+    p.add_argument("--out", required=True, help="new folder for the quantized model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("compare", help="the same model at several precisions: size, memory, speed, quality, answers")
+    p.add_argument("model", nargs="?", default=None, help="model (default: the embedded one)")
+    p.add_argument("--variants", default="fp32,bf16,int8,int4-rtn,int4-gptq,int4-awq,w8a8-sq",
+                   help="comma-separated: fp32, bf16, int8, int8-asym, int4-rtn, int4-gptq, int4-awq, w8a8-sq, "
+                        "w8a8-rtn, llm-int8, or quantized folders")
+    p.add_argument("--text", default=None, help="UTF-8 text to score perplexity, KL and top-1 on")
+    p.add_argument("--max-text-tokens", type=int, default=4096, help="score the first N tokens (4096)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--stride", type=int, default=256)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt every variant answers (repeatable; default: two short questions)")
+    p.add_argument("--calib", default=None, help="calibration text for gptq/awq/smoothquant")
+    p.add_argument("--prompt-tokens", type=int, default=256, help="prompt length for the speed test (256)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded in the speed test (64)")
+    p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
+    p.add_argument("--keep-models", action="store_true", help="also keep each quantized model under OUT/models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("inspect", help="architecture, parameters, memory per precision, KV cache per token")
     p.add_argument("model", nargs="?", default=None,

@@ -20,6 +20,7 @@ class ModelReport:
     parameters_in_weights: int | None
     file_bytes: int | None
     storage_types: dict[str, int] = field(default_factory=dict)  # GGUF quant types or safetensors dtypes
+    quantization: str | None = None  # how a saved lmforge / compressed-tensors model is quantized
 
     @property
     def parameters(self) -> int:
@@ -42,6 +43,7 @@ class ModelReport:
             "kv_cache_bytes_per_token": self.kv_bytes_per_token(),
             "context_length": c.max_position_embeddings,
             "file_bytes": self.file_bytes, "storage_types": self.storage_types,
+            "quantization": self.quantization,
         }
 
 
@@ -87,5 +89,22 @@ def inspect_model(spec) -> ModelReport:
     config = ModelConfig.from_json_file(source.path / "config.json")
     in_weights, dtypes = _safetensors_header_info(source.path)
     size = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
+    quantization = _describe_quantization(source.path / "config.json")
+    if quantization is not None:
+        in_weights = 0  # packed words and scales are not parameters
     return ModelReport(source.name, str(source.path), config, config.parameter_counts(), in_weights or None,
-                       size or None, dict(dtypes))
+                       size or None, dict(dtypes), quantization)
+
+
+def _describe_quantization(config_file: Path) -> str | None:
+    from lmforge.loading import read_quantization
+
+    found = read_quantization(config_file)
+    if found is None:
+        return None
+    recipe, body, head = found
+    text = (f"{recipe.method}: {body.bits}-bit {'symmetric' if body.symmetric else 'asymmetric'} weights per "
+            f"{body.granularity}" + (f" of {body.group_size}" if body.granularity == "group" else ""))
+    if recipe.activation_granularity:
+        text += f", INT8 activations per {recipe.activation_granularity}"
+    return text + (", INT8 output layer" if head is not None else "")

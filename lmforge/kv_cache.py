@@ -2,6 +2,9 @@
 
 Each slot holds one sequence from position 0. A `CacheView` binds the slots of one forward
 step; the model's attention layers call `view.update_and_fetch(layer, k, v)`.
+
+With dtype int8 the cache stores each token's key and value of each head as INT8 with its own
+float32 scale (max |x| / 127 over head_dim): a little over half the bytes of bfloat16.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ class KVCache:
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
         self.dtype = dtype
+        self.quantized = dtype == torch.int8
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.int8):
+            raise ValueError(f"KV cache dtype must be float32, bfloat16, float16 or int8, got {dtype}")
         shape = (num_slots, config.num_kv_heads, max_seq_len, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
+        scale_shape = (num_slots, config.num_kv_heads, max_seq_len, 1)
+        self.key_scales = [torch.zeros(scale_shape) for _ in range(config.num_layers)] if self.quantized else []
+        self.value_scales = [torch.zeros(scale_shape) for _ in range(config.num_layers)] if self.quantized else []
         self._free = list(range(num_slots))
 
     # --- slot bookkeeping ---------------------------------------------------------------------
@@ -49,12 +58,13 @@ class KVCache:
     # --- sizes --------------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values + self.key_scales + self.value_scales)
 
     @property
     def bytes_per_token(self) -> int:
         c = self.config
-        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.keys[0].element_size()
+        per_head = c.head_dim * self.keys[0].element_size() + (4 if self.quantized else 0)
+        return 2 * c.num_layers * c.num_kv_heads * per_head
 
     def view(self, slots: list[int], positions: torch.Tensor) -> "CacheView":
         """Bind `slots` (one per batch row) for a step whose tokens sit at `positions` [B, T]."""
@@ -80,8 +90,22 @@ class CacheView:
 
     def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, kv_heads, T, head_dim]; return all keys/values up to key_length."""
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        cache = self.cache
+        rows = self._slot_range if self._slot_range is not None else self._slot_index
+        if cache.quantized:
+            return (self._store_int8(cache.keys[layer], cache.key_scales[layer], k, rows),
+                    self._store_int8(cache.values[layer], cache.value_scales[layer], v, rows))
+        keys, values = cache.keys[layer], cache.values[layer]
         keys[self._write_slots, :, self.positions] = k.transpose(1, 2).to(keys.dtype)
         values[self._write_slots, :, self.positions] = v.transpose(1, 2).to(values.dtype)
-        rows = self._slot_range if self._slot_range is not None else self._slot_index
         return keys[rows, :, : self.key_length], values[rows, :, : self.key_length]
+
+    def _store_int8(self, levels: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, rows) -> torch.Tensor:
+        """Quantize x per token and head, store it, return the dequantized prefix in x's dtype."""
+        xf = x.float()
+        scale = xf.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+        q = torch.round(xf / scale).clamp_(-127, 127).to(torch.int8)
+        levels[self._write_slots, :, self.positions] = q.transpose(1, 2)
+        scales[self._write_slots, :, self.positions] = scale.transpose(1, 2)
+        stored = levels[rows, :, : self.key_length].to(torch.float32) * scales[rows, :, : self.key_length]
+        return stored.to(x.dtype)

@@ -45,6 +45,7 @@ class Checkpoint:
     tokenizer_dir: Path
     source: ModelSource
     details: dict = field(default_factory=dict)
+    quantization: tuple | None = None  # (QuantRecipe, body QuantSpec, head QuantSpec | None)
 
 
 def default_cache_dir() -> Path:
@@ -158,6 +159,7 @@ def _hf_name(name: str) -> str:
 
 def _load_hf_dir(source: ModelSource) -> Checkpoint:
     config = ModelConfig.from_json_file(source.path / "config.json")
+    quantization = read_quantization(source.path / "config.json")
     if not config.is_runnable:
         raise ModelError(f"{source.path / 'config.json'}: unsupported architecture "
                          f"'{config.architecture}'; lmforge runs {', '.join(RUNNABLE_ARCHITECTURES)}")
@@ -167,7 +169,17 @@ def _load_hf_dir(source: ModelSource) -> Checkpoint:
     meta = source.path / "lmforge_source.json"
     if meta.is_file():
         details = json.loads(meta.read_text())
-    return Checkpoint(config, tensors, source.path, source, details)
+    return Checkpoint(config, tensors, source.path, source, details, quantization)
+
+
+def read_quantization(config_file: Path):
+    """The quantization of a saved quantized model (compressed-tensors), or None."""
+    qc = json.loads(config_file.read_text(encoding="utf-8")).get("quantization_config")
+    if not qc:
+        return None
+    from lmforge.quant.serialize import read_quantization_config
+
+    return read_quantization_config(qc, config_file)
 
 
 def expected_tensor_names(config: ModelConfig) -> list[str]:
@@ -184,11 +196,24 @@ def expected_tensor_names(config: ModelConfig) -> list[str]:
     return names
 
 
+def _present(name: str, tensors) -> bool:
+    """A weight is there dense, or quantized (compressed-tensors keeps `weight_shape` beside it)."""
+    if name in tensors:
+        return True
+    stem = name.removesuffix(".weight")
+    if f"{stem}.weight_shape" in tensors:
+        return True
+    # A quantized tied head holds the embedding table too.
+    return name == "model.embed_tokens.weight" and "lm_head.weight_shape" in tensors
+
+
 def check_tensor_names(config: ModelConfig, tensors: dict, where: Path) -> None:
-    missing = [n for n in expected_tensor_names(config) if n not in tensors]
+    missing = [n for n in expected_tensor_names(config) if not _present(n, tensors)]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ModelError(f"{where}: weights are missing {', '.join(missing[:3])}{more}")
+    if "model.embed_tokens.weight" not in tensors:
+        return
     embed = tensors["model.embed_tokens.weight"]
     if tuple(embed.shape) != (config.vocab_size, config.hidden_size):
         raise ModelError(f"{where}: embedding shape {tuple(embed.shape)} does not match the config "

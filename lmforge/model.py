@@ -79,6 +79,10 @@ class DenseLinear(nn.Module):
         """W as [out, in] (a view when stored transposed)."""
         return self.weight.t() if self.transposed else self.weight
 
+    def embedding(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of W: the table of a tied input embedding."""
+        return F.embedding(tokens, self.dense_weight()).to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.transposed:
             return F.linear(x, self.weight, self.bias)
@@ -158,9 +162,9 @@ class Transformer(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embed is not None:
             return self.embed(tokens)
-        return F.embedding(tokens, self.output.dense_weight())
+        return self.output.embedding(tokens, self.dtype)
 
-    def _attention_mask(self, positions, cache):
+    def attention_mask(self, positions, cache):
         """Boolean [B, 1, T, S] mask, or (None, is_causal) when SDPA needs none."""
         batch, length = positions.shape
         window = self.config.sliding_window
@@ -184,15 +188,19 @@ class Transformer(nn.Module):
             mask &= keys > query - window
         return mask, False
 
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [B, 1, T, head_dim] for `positions` [B, T]."""
+        angles = positions[..., None].float() * self.inv_freq
+        cos, sin = angles.cos(), angles.sin()
+        return (torch.cat((cos, cos), dim=-1).to(dtype)[:, None],
+                torch.cat((-sin, sin), dim=-1).to(dtype)[:, None])
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
                 last_only: bool = False) -> torch.Tensor:
         """tokens, positions: [B, T] int64. Returns logits [B, T, vocab] (or [B, 1, vocab])."""
         x = self.embed_tokens(tokens)
-        angles = positions[..., None].float() * self.inv_freq
-        cos, sin = angles.cos(), angles.sin()
-        cos = torch.cat((cos, cos), dim=-1).to(x.dtype)[:, None]
-        sin = torch.cat((-sin, sin), dim=-1).to(x.dtype)[:, None]
-        mask, is_causal = self._attention_mask(positions, cache)
+        cos, sin = self.rope(positions, x.dtype)
+        mask, is_causal = self.attention_mask(positions, cache)
         for block in self.layers:
             x = block(x, cos, sin, mask, is_causal, cache)
         if last_only:
@@ -202,22 +210,31 @@ class Transformer(nn.Module):
     # --- weights -----------------------------------------------------------------------------
     @classmethod
     def from_hf_tensors(cls, config: ModelConfig, tensors: dict[str, torch.Tensor],
-                        dtype: torch.dtype = torch.float32) -> "Transformer":
-        """Build the model from tensors with Hugging Face names (q/k/v and gate/up are fused)."""
+                        dtype: torch.dtype = torch.float32, linear_factory=None) -> "Transformer":
+        """Build the model from tensors with Hugging Face names (q/k/v and gate/up are fused).
+
+        `linear_factory(names, bias)` builds the layer that stands for the weights `names` stacked
+        by rows (a quantized checkpoint passes its own); the default reads dense `.weight`s."""
         with torch.device("meta"):
             model = cls(config)
 
         def get(name):
             return tensors[name].to(dtype)
 
-        def linear(*names, bias=False):
+        def dense(names, bias):
             weight = torch.cat([get(n + ".weight") for n in names]) if len(names) > 1 else get(names[0] + ".weight")
             b = torch.cat([get(n + ".bias") for n in names]) if bias else None
             return DenseLinear.from_weight(weight, b)
 
+        make = linear_factory or dense
+
+        def linear(*names, bias=False):
+            return make(list(names), bias)
+
         if model.embed is not None:
             model.embed = nn.Embedding.from_pretrained(get("model.embed_tokens.weight"), freeze=True)
-        head = "model.embed_tokens" if config.tie_word_embeddings else "lm_head"
+        head = "lm_head" if not config.tie_word_embeddings or "model.embed_tokens.weight" not in tensors \
+            else "model.embed_tokens"
         model.output = linear(head)
         model.norm.weight = nn.Parameter(get("model.norm.weight"), requires_grad=False)
         for i, block in enumerate(model.layers):

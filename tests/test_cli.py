@@ -24,7 +24,7 @@ def assert_clean_failure(proc, message: str):
 
 
 def test_every_command_has_help():
-    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats"):
+    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize"):
         assert "usage: lmforge " + command in run(command, "--help").stdout
 
 
@@ -140,3 +140,47 @@ def test_inspect_hf_directory_counts_parameters_from_weights(tmp_path):
     data = json.loads(run("inspect", str(tmp_path), "--json").stdout)
     assert data["architecture"] == "qwen2" and data["parameters"] == data["parameters_in_weights"]
     assert data["storage_types"] == {"F32": 27} and data["file_bytes"] > 4 * data["parameters"]
+
+
+def test_quantize_then_generate_eval_and_inspect_the_saved_model(tmp_path, shared_data):
+    out = tmp_path / "int4"
+    data = json.loads(run("quantize", "--method", "rtn", "--bits", "4", "--out", str(out), "--json").stdout)
+    assert data["recipe"]["granularity"] == "group" and data["recipe"]["group_size"] == 128
+    assert data["weight_bytes"] < 0.2 * data["float32_weight_bytes"]
+    assert 0 < data["file_bytes"] < 0.25 * data["float32_weight_bytes"]
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    assert len(layers) == 30 * 4 + 1 and all(10 < layer["sqnr_db"] < 60 for layer in layers.values())
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+    answer = json.loads(run("generate", "--model", str(out), "What is the capital of France?", "--chat", "-t", "0",
+                            "--json").stdout)
+    assert "Paris" in answer["text"]
+    scores = json.loads(run("eval", str(out), "--text", str(shared_data / "wikitext2_test.txt"),
+                            "--max-text-tokens", "300", "--ctx", "128", "--stride", "64", "--reference",
+                            "smollm2-135m", "--json").stdout)
+    assert scores["dtype"] == "bfloat16"
+    assert scores["perplexity"] > scores["reference_perplexity"] and 0 < scores["kl_divergence"] < 1
+    assert 0.5 < scores["top1_agreement"] < 1
+    report = json.loads(run("inspect", str(out), "--json").stdout)
+    assert report["quantization"].startswith("rtn: 4-bit symmetric weights per group of 128")
+
+    again = run("quantize", "--method", "rtn", "--out", str(out), check=False)
+    assert_clean_failure(again, "not an empty folder")
+
+
+def test_generate_with_an_int8_kv_cache():
+    data = json.loads(run("generate", "What is the capital of France?", "--chat", "-t", "0", "--json",
+                          "--kv-cache-dtype", "int8").stdout)
+    assert "Paris" in data["text"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "rtn", "--bits", "9"], "--bits must be 8 or 4"),
+    (["--method", "magic"], "unknown quantization method"),
+    (["--method", "rtn", "--bits", "4", "--group-size", "100"], "--group-size must be one of"),
+    (["--method", "gptq", "--calib", "/no/such/calibration.txt"], "calibration file not found"),
+    (["--method", "smoothquant", "--bits", "4"], "8 bits"),
+])
+def test_quantize_bad_input_fails_cleanly(tmp_path, args, message):
+    assert_clean_failure(run("quantize", *args, "--out", str(tmp_path / "q"), check=False), message)
+    assert not (tmp_path / "q").exists()

@@ -47,3 +47,41 @@ def test_view_rejects_positions_past_capacity():
     cache = KVCache(CONFIG, num_slots=1, max_seq_len=8)
     with pytest.raises(RequestError):
         cache.view([0], torch.tensor([[8]]))
+
+
+def test_int8_cache_stores_levels_and_scales_and_returns_close_values():
+    cache = KVCache(CONFIG, num_slots=2, max_seq_len=8, dtype=torch.int8)
+    assert cache.keys[0].dtype == torch.int8
+    per_token = 2 * CONFIG.num_layers * CONFIG.num_kv_heads * (CONFIG.head_dim + 4)
+    assert cache.bytes_per_token == per_token and cache.nbytes == per_token * 2 * 8
+    positions = torch.arange(5)[None]
+    k = torch.randn(1, CONFIG.num_kv_heads, 5, CONFIG.head_dim)
+    v = torch.randn_like(k) * 10
+    keys, values = cache.view([1], positions).update_and_fetch(1, k, v)
+    assert keys.dtype == k.dtype and keys.shape == k.shape
+    # Error at most half a step of each token's own scale.
+    assert ((keys - k).abs() <= k.abs().amax(-1, keepdim=True) / 127 / 2 + 1e-6).all()
+    assert ((values - v).abs() <= v.abs().amax(-1, keepdim=True) / 127 / 2 + 1e-5).all()
+    assert cache.keys[1][0].abs().sum() == 0
+
+
+def test_generation_with_an_int8_cache_follows_the_float_cache(tmp_path):
+    from conftest import save_tiny_model
+    from lmforge.loading import load_checkpoint
+    from lmforge.model import Transformer
+
+    save_tiny_model(tmp_path, "llama")
+    checkpoint = load_checkpoint(tmp_path)
+    model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors)
+    tokens = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for dtype in (torch.float32, torch.int8):
+        cache = KVCache(checkpoint.config, 1, 32, dtype)
+        with torch.no_grad():
+            steps = [model(tokens[:, :8], torch.arange(8)[None], cache.view([0], torch.arange(8)[None]))]
+            for i in range(8, 24):
+                pos = torch.tensor([[i]])
+                steps.append(model(tokens[:, i:i + 1], pos, cache.view([0], pos)))
+        outs[dtype] = torch.cat(steps, dim=1)
+    assert (outs[torch.int8].argmax(-1) == outs[torch.float32].argmax(-1)).float().mean() > 0.95
+    assert (outs[torch.int8] - outs[torch.float32]).abs().max() < 0.05 * outs[torch.float32].abs().max()

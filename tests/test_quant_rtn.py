@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.quant.rtn import PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantSpec, quantization_error, quantize
+from lmforge.quant.rtn import (PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantizedWeight, QuantSpec, quantization_error,
+                               quantize)
 
 
 def weights(rows=64, cols=256, seed=0):
@@ -15,12 +16,14 @@ def weights(rows=64, cols=256, seed=0):
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("granularity", [PER_TENSOR, PER_CHANNEL, PER_GROUP])
-def test_round_trip_error_is_at_most_half_a_step(bits, symmetric, granularity):
-    w = weights()
+@pytest.mark.parametrize("cols", [256, 200])  # 200: the last group of 64 is shorter
+def test_round_trip_error_is_at_most_half_a_step(bits, symmetric, granularity, cols):
+    w = weights(cols=cols)
     qt = quantize(w, QuantSpec(bits, symmetric, granularity, group_size=64))
     assert int(qt.q.min()) >= qt.spec.qmin and int(qt.q.max()) <= qt.spec.qmax
-    err = (qt.dequantize() - w).abs().reshape(w.shape[0], -1, qt._group(w.shape[1]))
-    assert (err <= qt.scale / 2 * (1 + 1e-5) + 1e-12).all()
+    assert qt.scale.shape == (w.shape[0], qt.spec.num_groups(cols))
+    step = qt.scale[:, qt.column_groups()]
+    assert ((qt.dequantize() - w).abs() <= step / 2 * (1 + 1e-5) + 1e-12).all()
 
 
 def test_finer_granularity_and_more_bits_lose_less():
@@ -54,11 +57,21 @@ def test_symmetric_scale_follows_the_textbook_formula():
     assert asym.q.tolist() == [[0, 100, 255]]
 
 
+def test_rows_and_concat_rows_round_trip():
+    qw = quantize(weights(), QuantSpec(4, False, PER_GROUP, 64))
+    parts = [qw.rows(0, 10), qw.rows(10, 40), qw.rows(40, 64)]
+    joined = QuantizedWeight.concat_rows(parts)
+    assert torch.equal(joined.dequantize(), qw.dequantize())
+    other = quantize(weights(), QuantSpec(4, True, PER_GROUP, 64))
+    with pytest.raises(LmforgeError, match="share"):
+        QuantizedWeight.concat_rows([qw, other])
+
+
 def test_errors():
     with pytest.raises(LmforgeError, match="bits"):
         QuantSpec(bits=9)
-    with pytest.raises(LmforgeError, match="does not divide"):
-        quantize(torch.zeros(4, 100), QuantSpec(4, True, PER_GROUP, group_size=64))
+    with pytest.raises(LmforgeError, match="granularity"):
+        QuantSpec(granularity="row")
     with pytest.raises(LmforgeError, match="2-D"):
         quantize(torch.zeros(4), QuantSpec())
     assert quantization_error(torch.ones(3), torch.ones(3)).sqnr_db == float("inf")

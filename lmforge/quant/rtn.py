@@ -4,7 +4,7 @@ Symmetric:  scale = max|w| / qmax,             q = clamp(round(w / scale), -qmax
 Asymmetric: scale = (max - min) / (2^bits - 1), zero = round(-min / scale),
             q = clamp(round(w / scale) + zero, 0, 2^bits - 1),  w ~ (q - zero) * scale
 Granularity: one scale for the tensor, one per output channel (row), or one per group of
-`group_size` consecutive input columns in each row.
+`group_size` consecutive input columns in each row (the last group may be shorter, as in GPTQ).
 """
 
 from __future__ import annotations
@@ -44,51 +44,101 @@ class QuantSpec:
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
 
+    def group_width(self, cols: int) -> int:
+        return min(self.group_size, cols) if self.granularity == PER_GROUP else cols
+
+    def num_groups(self, cols: int) -> int:
+        return math.ceil(cols / self.group_width(cols))
+
+    def storage_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.qmax > 127 else torch.int8
+
 
 @dataclass
-class QuantizedTensor:
-    q: torch.Tensor  # int8 (values fit the spec's range), shape [rows, cols]
-    scale: torch.Tensor  # broadcastable to [rows, groups, 1]
-    zero: torch.Tensor | None  # integer zero points (asymmetric) or None
+class QuantizedWeight:
+    """Integer levels of a [rows, cols] weight with a scale (and zero point) per row and group."""
+
+    q: torch.Tensor  # [rows, cols] int8 (uint8 for asymmetric 8-bit), original column order
+    scale: torch.Tensor  # [rows, groups] float32
+    zero: torch.Tensor | None  # [rows, groups] float32 holding integers (asymmetric), else None
     spec: QuantSpec
+    g_idx: torch.Tensor | None = None  # [cols] group of each column; None: column // group width
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    def column_groups(self) -> torch.Tensor:
+        if self.g_idx is not None:
+            return self.g_idx
+        return torch.arange(self.q.shape[1]) // self.spec.group_width(self.q.shape[1])
 
     def dequantize(self) -> torch.Tensor:
-        rows, cols = self.q.shape
-        grouped = self.q.float().reshape(rows, -1, self._group(cols))
+        groups = self.column_groups()
+        q = self.q.float()
         if self.zero is not None:
-            grouped = grouped - self.zero
-        return (grouped * self.scale).reshape(rows, cols)
+            q = q - self.zero[:, groups]
+        return q * self.scale[:, groups]
 
-    def _group(self, cols: int) -> int:
-        return self.spec.group_size if self.spec.granularity == PER_GROUP else cols
+    def rows(self, start: int, stop: int) -> "QuantizedWeight":
+        """The slice of output rows start:stop (e.g. q out of a fused q|k|v weight)."""
+        zero = self.zero[start:stop] if self.zero is not None else None
+        return QuantizedWeight(self.q[start:stop], self.scale[start:stop], zero, self.spec, self.g_idx)
+
+    @staticmethod
+    def concat_rows(parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+        """Stack weights that read the same input (q, k, v) into one fused weight."""
+        first = parts[0]
+        if any(p.spec != first.spec for p in parts) or any(
+                (p.g_idx is None) != (first.g_idx is None) or
+                (p.g_idx is not None and not torch.equal(p.g_idx, first.g_idx)) for p in parts):
+            raise LmforgeError("fused weights must share their quantization scheme and column groups")
+        zero = torch.cat([p.zero for p in parts]) if first.zero is not None else None
+        return QuantizedWeight(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), zero,
+                               first.spec, first.g_idx)
 
 
-def quantize(weight: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+def range_params(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale (and zero point) that map [lo, hi] (per row) onto the integer grid."""
+    tiny = torch.finfo(torch.float32).tiny
+    if spec.symmetric:
+        return (torch.maximum(lo.abs(), hi.abs()).clamp_min(tiny) / spec.qmax), None
+    lo, hi = lo.clamp_max(0), hi.clamp_min(0)  # zero stays representable
+    scale = ((hi - lo) / spec.qmax).clamp_min(tiny)
+    return scale, torch.round(-lo / scale)
+
+
+def quantize_columns(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                     spec: QuantSpec) -> torch.Tensor:
+    """Integer levels of w [rows, k] with per-row scale/zero [rows, 1]; returned as float."""
+    q = torch.round(w / scale)
+    if zero is not None:
+        q = q + zero
+    return q.clamp_(spec.qmin, spec.qmax)
+
+
+def quantize(weight: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
     if weight.dim() != 2:
         raise LmforgeError(f"expected a 2-D weight matrix, got shape {tuple(weight.shape)}")
     rows, cols = weight.shape
     w = weight.float()
-    if spec.granularity == PER_GROUP:
-        if cols % spec.group_size:
-            raise LmforgeError(f"group size {spec.group_size} does not divide the input dimension {cols}")
-        grouped = w.reshape(rows, cols // spec.group_size, spec.group_size)
-        reduce_dims: tuple[int, ...] = (-1,)
+    width = spec.group_width(cols)
+    if spec.granularity == PER_TENSOR:
+        lo, hi = w.min().expand(rows, 1), w.max().expand(rows, 1)
+        scale, zero = range_params(lo, hi, spec)
+        q = quantize_columns(w, scale, zero, spec)
     else:
-        grouped = w.reshape(rows, 1, cols)
-        reduce_dims = (0, 1, 2) if spec.granularity == PER_TENSOR else (-1,)
-    tiny = torch.finfo(torch.float32).tiny
-    if spec.symmetric:
-        scale = grouped.abs().amax(dim=reduce_dims, keepdim=True).clamp_min(tiny) / spec.qmax
-        q = torch.clamp(torch.round(grouped / scale), spec.qmin, spec.qmax)
-        zero = None
-    else:
-        lo = grouped.amin(dim=reduce_dims, keepdim=True).clamp_max(0)
-        hi = grouped.amax(dim=reduce_dims, keepdim=True).clamp_min(0)  # zero stays representable
-        scale = ((hi - lo) / spec.qmax).clamp_min(tiny)
-        zero = torch.round(-lo / scale)
-        q = torch.clamp(torch.round(grouped / scale) + zero, spec.qmin, spec.qmax)
-    return QuantizedTensor(q.reshape(rows, cols).to(torch.uint8 if spec.qmax > 127 else torch.int8), scale, zero,
-                           spec)
+        scales, zeros, levels = [], [], []
+        for start in range(0, cols, width):
+            block = w[:, start:start + width]
+            scale, zero = range_params(block.amin(1, keepdim=True), block.amax(1, keepdim=True), spec)
+            levels.append(quantize_columns(block, scale, zero, spec))
+            scales.append(scale)
+            zeros.append(zero)
+        q, scale = torch.cat(levels, dim=1), torch.cat(scales, dim=1)
+        zero = torch.cat(zeros, dim=1) if not spec.symmetric else None
+    return QuantizedWeight(q.to(spec.storage_dtype()), scale.contiguous(),
+                           zero.contiguous() if zero is not None else None, spec)
 
 
 @dataclass(frozen=True)

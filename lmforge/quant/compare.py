@@ -1,0 +1,196 @@
+"""The seed's quantization experiment: the same model at several precisions and methods, measured
+on size, memory, speed, quality against float32, and the answers themselves.
+
+A variant name says what to build: fp32, bf16, int8 (RTN per channel), int8-asym, int4-rtn,
+int4-gptq, int4-awq (groups of 128, symmetric), w8a8-sq (SmoothQuant), w8a8-rtn (W8A8 per tensor,
+no smoothing), llm-int8. A path to a saved quantized folder works as a variant too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.quant.recipe import QuantRecipe
+
+VARIANTS: dict[str, QuantRecipe | str] = {
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "int8": QuantRecipe("rtn", 8),
+    "int8-asym": QuantRecipe("rtn", 8, symmetric=False),
+    "int4-rtn": QuantRecipe("rtn", 4, "group", 128),
+    "int4-gptq": QuantRecipe("gptq", 4, "group", 128),
+    "int4-awq": QuantRecipe("awq", 4, "group", 128),
+    "w8a8-sq": QuantRecipe("smoothquant"),
+    "w8a8-rtn": QuantRecipe("rtn", 8, "tensor", activations="tensor"),
+    "llm-int8": QuantRecipe("llm-int8"),
+}
+DEFAULT_PROMPTS = ("What is the capital of France?", "Explain in one sentence why the sky is blue.")
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    description: str
+    file_bytes: int
+    weight_bytes: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    ttft_s: float
+    tpot_s: float
+    perplexity: float | None = None
+    delta_perplexity_pct: float | None = None
+    kl_divergence: float | None = None
+    top1_agreement: float | None = None
+    quantize_s: float = 0.0
+    answers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise LmforgeError("--variants: give at least one variant")
+    for name in names:
+        if name not in VARIANTS and not Path(name).is_dir():
+            raise LmforgeError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} or a quantized folder")
+    return names
+
+
+def describe(name: str) -> str:
+    spec = VARIANTS.get(name)
+    if spec is None:
+        return f"saved model {name}"
+    if isinstance(spec, str):
+        return spec
+    r = spec
+    text = f"{r.method} {r.bits}-bit {'sym' if r.symmetric else 'asym'} per {r.granularity}"
+    text += f" {r.group_size}" if r.granularity == "group" else ""
+    return text + (f", int8 activations per {r.activation_granularity}" if r.activation_granularity else "")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def build_variant(model, name: str, calibration_file, work_dir: Path):
+    """(LoadedModel, file bytes, seconds spent quantizing) for one variant."""
+    import lmforge
+    from lmforge.quant.serialize import save_quantized
+    from lmforge.quant.workflow import quantize_loaded
+
+    spec = VARIANTS.get(name)
+    if spec is None:  # a saved folder
+        return lmforge.load(name), _folder_bytes(Path(name)), 0.0
+    if isinstance(spec, str):
+        lm = lmforge.load(model, spec)
+        bytes_per = 4 if spec == "float32" else 2
+        return lm, lm.config.num_parameters * bytes_per, 0.0
+    lm = lmforge.load(model, "float32")
+    start = time.perf_counter()
+    report = quantize_loaded(lm, spec, calibration_file)
+    seconds = time.perf_counter() - start
+    folder = save_quantized(lm.model, lm.config, spec, report.weights, lm.checkpoint.tokenizer_dir,
+                            work_dir / name, {"name": lm.name})
+    return lm, _folder_bytes(folder), seconds
+
+
+def measure_speed(lm, prompt_tokens: int = 256, decode_tokens: int = 64, repeats: int = 3) -> dict:
+    """Prefill and decode speed of the engine (greedy), medians after a warm-up run."""
+    from lmforge import SamplingParams
+
+    engine = lm.engine(max_batch=1, max_seq_len=prompt_tokens + decode_tokens + 8)
+    prompt = torch.randint(100, lm.config.vocab_size - 100, (prompt_tokens,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    params = SamplingParams(temperature=0, max_tokens=decode_tokens, ignore_eos=True)
+    engine.generate([prompt], params)  # warm-up
+    runs = sorted((engine.generate([prompt], params)[0] for _ in range(repeats)), key=lambda c: c.tpot_s)
+    median = runs[len(runs) // 2]
+    ttft = sorted(c.ttft_s for c in runs)[len(runs) // 2]
+    return {"prefill_tokens_per_s": prompt_tokens / ttft, "ttft_s": ttft, "tpot_s": median.tpot_s,
+            "decode_tokens_per_s": 1 / median.tpot_s}
+
+
+def answers(lm, prompts, max_tokens: int = 48) -> list[str]:
+    from lmforge import SamplingParams
+
+    engine = lm.engine(max_batch=len(prompts), max_seq_len=512)
+    ids = [lm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) if lm.tokenizer.has_chat_template
+           else lm.tokenizer.encode(p) for p in prompts]
+    return [c.text.strip() for c in engine.generate(ids, SamplingParams(temperature=0, max_tokens=max_tokens))]
+
+
+def compare(model, variants: list[str], text_ids: list[int] | None, prompts=DEFAULT_PROMPTS,
+            calibration_file=None, ctx: int = 512, stride: int = 256, keep_dir: Path | None = None,
+            on_result=None, prompt_tokens: int = 256, decode_tokens: int = 64) -> list[VariantResult]:
+    """Build, measure and score each variant; quality is judged against the float32 model."""
+    import lmforge
+    from lmforge.evaluate import evaluate
+    from lmforge.quant.workflow import weight_bytes
+
+    reference = lmforge.load(model, "float32") if text_ids is not None else None
+    reference_ppl = evaluate(reference.model, text_ids, ctx, stride).perplexity if reference else None
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lmforge-compare-") as scratch:
+        work_dir = Path(keep_dir) if keep_dir else Path(scratch)
+        for name in variants:
+            lm, file_bytes, seconds = build_variant(model, name, calibration_file, work_dir)
+            result = VariantResult(name, describe(name), file_bytes, weight_bytes(lm.model),
+                                   **measure_speed(lm, prompt_tokens, decode_tokens), quantize_s=seconds)
+            if reference is not None:
+                scored = evaluate(lm.model, text_ids, ctx, stride, reference=reference.model)
+                result.perplexity = scored.perplexity
+                result.delta_perplexity_pct = 100 * (scored.perplexity / reference_ppl - 1)
+                result.kl_divergence = scored.kl_divergence
+                result.top1_agreement = scored.top1_agreement
+            result.answers = answers(lm, list(prompts)) if prompts else []
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            del lm
+    return results
+
+
+def write_outputs(results: list[VariantResult], out_dir: Path, title: str) -> dict[str, Path]:
+    """compare.json and a PNG of quality (delta perplexity) against decode speed, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "compare.json", "plot": out_dir / "compare.png"}
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"title": title, "variants": [r.to_dict() for r in results]}, indent=2,
+                              ensure_ascii=False))
+    os.replace(tmp, paths["json"])
+
+    fig, (speed_ax, size_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in results:
+        quality = r.delta_perplexity_pct if r.delta_perplexity_pct is not None else math.nan
+        speed_ax.scatter(r.decode_tokens_per_s, quality, s=60)
+        speed_ax.annotate(r.variant, (r.decode_tokens_per_s, quality), textcoords="offset points", xytext=(5, 5))
+        size_ax.scatter(r.weight_bytes / 1e6, quality, s=60)
+        size_ax.annotate(r.variant, (r.weight_bytes / 1e6, quality), textcoords="offset points", xytext=(5, 5))
+    speed_ax.set_xlabel("decode tokens/s (higher is better)")
+    size_ax.set_xlabel("resident weight memory, MB (lower is better)")
+    for ax in (speed_ax, size_ax):
+        ax.set_ylabel("perplexity increase over float32, % (lower is better)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp_png = paths["plot"].with_suffix(".tmp.png")
+    fig.savefig(tmp_png, dpi=110)
+    plt.close(fig)
+    os.replace(tmp_png, paths["plot"])
+    return paths
