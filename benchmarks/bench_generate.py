@@ -20,6 +20,8 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results_md import replace_section  # noqa: E402
 PROMPT_TOKENS = 512
 
 
@@ -176,17 +178,7 @@ def write_results_section(results: dict, dtypes: list[str]) -> None:
                 f"| {dtype} | {tool} | {r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | "
                 f"{r['ttft_s'] * 1e3:.0f} | {r['tpot_s'] * 1e3:.1f} | {r['no_cache_tpot_s'] * 1e3:.0f} | "
                 f"{r['peak_memory_bytes'] / 1e6:.0f} | 1.00x | 1.00x | |")
-    begin, end = "<!-- bench_generate:begin -->", "<!-- bench_generate:end -->"
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    section = "\n".join([begin, *lines, end])
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text += "\n## Generation speed (`benchmarks/bench_generate.py`)\n\n" + section + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_section("bench_generate", lines, "## Generation speed (`benchmarks/bench_generate.py`)")
 
 
 def main() -> None:

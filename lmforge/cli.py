@@ -515,7 +515,7 @@ def recipe_from_args(args):
         granularity = "group" if grouped and args.method not in ("llm-int8", "smoothquant") else "channel"
     return QuantRecipe(method=args.method, bits=args.bits, granularity=granularity,
                        group_size=args.group_size or 128, symmetric=not args.asym,
-                       head_bits=None if args.head == "float" else 8, activations=args.activations,
+                       head_bits={"float": None, "int8": 8, "int4": 4}[args.head], activations=args.activations,
                        outlier_threshold=args.threshold, damp=args.damp, desc_act=args.desc_act,
                        awq_grid=args.awq_grid, alpha=args.alpha, calibration_samples=args.calib_samples,
                        calibration_tokens=args.calib_tokens)
@@ -662,8 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     sym.add_argument("--asym", action="store_true", help="asymmetric weights (scale and zero point)")
     p.add_argument("--activations", choices=["token", "tensor"], default=None,
                    help="also quantize activations to INT8 at run time (W8A8), per token or per tensor")
-    p.add_argument("--head", choices=["int8", "float"], default="int8",
-                   help="output layer (and tied embedding): INT8 per channel (default) or kept in float")
+    p.add_argument("--head", choices=["int8", "int4", "float"], default="int8",
+                   help="output layer (and tied embedding): INT8 per channel (default), INT4 in groups of 128, "
+                        "or kept in float")
     p.add_argument("--calib", default=None, help="calibration text file (default: the text lmforge ships)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences (32)")
     p.add_argument("--calib-tokens", type=int, default=512, help="tokens per calibration sequence (512)")

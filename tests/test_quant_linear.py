@@ -69,6 +69,18 @@ def test_int8_rows_serve_as_a_tied_embedding():
         assert torch.allclose(rows[0], qw.dequantize()[tokens[0]], atol=1e-6)
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(4, True, PER_GROUP, 32), QuantSpec(4, False, PER_GROUP, 64)], ids=str)
+def test_int4_rows_serve_as_a_tied_embedding(spec):
+    w, _, _ = layer_data(rows=50, cols=200)
+    qw = quantize(w, spec)
+    layer = Int4Linear(qw, None, torch.float32, keep_rows=True)
+    assert layer.row_levels.dtype == torch.uint8 and layer.row_levels.shape == (50, 100)
+    tokens = torch.tensor([[3, 7], [49, 0]])
+    assert torch.allclose(layer.embedding(tokens, torch.float32), qw.dequantize()[tokens], atol=1e-6)
+    with pytest.raises(LmforgeError, match="keeps no rows"):
+        Int4Linear(qw, None).embedding(tokens, torch.float32)
+
+
 @pytest.mark.parametrize("granularity", ["token", "tensor"])
 def test_w8a8_is_close_to_float(granularity):
     w, x, b = layer_data()

@@ -44,7 +44,8 @@ def test_tensor_round_trip(spec):
 
 RECIPES = [QuantRecipe("rtn", 4, "group", 32, symmetric=False), QuantRecipe("rtn", 8),
            QuantRecipe("gptq", 4, "group", 32, desc_act=True), QuantRecipe("awq", 4, "group", 32),
-           QuantRecipe("smoothquant"), QuantRecipe("llm-int8"), QuantRecipe("rtn", 8, head_bits=None)]
+           QuantRecipe("smoothquant"), QuantRecipe("llm-int8"), QuantRecipe("rtn", 8, head_bits=None),
+           QuantRecipe("rtn", 4, "group", 32, head_bits=4)]
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
@@ -115,3 +116,18 @@ def test_a_corrupt_quantized_checkpoint_is_reported(tmp_path):
         load_checkpoint(out)
     with pytest.raises(LmforgeError):
         QuantRecipe("rtn", 4, "group", 100)
+
+
+def test_embedded_model_saves_and_reloads_identically(tmp_path, embedded):
+    import lmforge
+    from lmforge.quant.workflow import quantize_to_folder
+
+    recipe = QuantRecipe("rtn", 4, "group", 128, symmetric=False, head_bits=4)
+    lm, _, folder = quantize_to_folder("smollm2-135m", recipe, tmp_path / "int4", show_progress=False)
+    again = lmforge.load(folder)
+    assert again.model.dtype == torch.bfloat16 and again.name == "int4"
+    ids = torch.tensor([embedded.tokenizer.encode("Quantized weights must survive a round trip to disk.")])
+    positions = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids, positions), again.model(ids, positions))
+    assert again.tokenizer.encode("round trip") == embedded.tokenizer.encode("round trip")

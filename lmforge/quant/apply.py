@@ -21,9 +21,8 @@ from lmforge.progress import progress_iter
 from lmforge.quant import awq, gptq, smoothquant
 from lmforge.quant.linear import Int4Linear, Int8Linear, W8A8Linear
 from lmforge.quant.recipe import QuantRecipe
-from lmforge.quant.rtn import PER_CHANNEL, QuantizedWeight, QuantSpec, quantization_error, quantize
+from lmforge.quant.rtn import QuantizedWeight, QuantSpec, quantization_error, quantize
 
-HEAD_SPEC = QuantSpec(8, True, PER_CHANNEL)
 AWQ_SAMPLE_ROWS = 2048  # calibration rows AWQ's grid search multiplies through, per layer
 
 
@@ -51,8 +50,12 @@ class QuantizationReport:
 
 # --- the handler: QuantizedWeight -> layer ------------------------------------------------------
 
-def make_layer(qw: QuantizedWeight, bias: torch.Tensor | None, recipe: QuantRecipe, head: bool = False) -> nn.Module:
+def make_layer(qw: QuantizedWeight, bias: torch.Tensor | None, recipe: QuantRecipe, head: bool = False,
+               tied: bool = False) -> nn.Module:
+    """The integer layer for a weight (`head`: the output layer; `tied`: it is the embedding too)."""
     if head:
+        if qw.spec.bits == 4:
+            return Int4Linear(qw, bias, torch.bfloat16, keep_rows=tied)
         return Int8Linear(qw, bias, torch.bfloat16)
     if recipe.activation_granularity is not None:
         threshold = recipe.outlier_threshold if recipe.method == "llm-int8" else None
@@ -164,12 +167,13 @@ def _quantize_layer(layer: DenseLinear, recipe: QuantRecipe, recorder: _InputRec
 
 
 def _replace(parent: nn.Module, attr: str, name: str, qw: QuantizedWeight, layer: DenseLinear,
-             recipe: QuantRecipe, report: QuantizationReport, note: str = "", head: bool = False) -> None:
+             recipe: QuantRecipe, report: QuantizationReport, note: str = "", head: bool = False,
+             tied: bool = False) -> None:
     error = quantization_error(layer.dense_weight(), qw.dequantize())
     report.layers.append(LayerReport(name, qw.shape, error.mse, error.max_abs, error.sqnr_db, note))
     bias = layer.bias.detach().clone() if layer.bias is not None else None
     report.weights[name] = (qw, bias)
-    setattr(parent, attr, make_layer(qw, bias, recipe, head))
+    setattr(parent, attr, make_layer(qw, bias, recipe, head, tied))
 
 
 def _quantize_layers(index: int, block, names: list[str], recipe: QuantRecipe, report: QuantizationReport,
@@ -237,10 +241,10 @@ def quantize_model(model: Transformer, recipe: QuantRecipe, calibration: torch.T
     else:
         for index, block in progress_iter(blocks, f"{recipe.method}: quantizing blocks") if show_progress else blocks:
             _quantize_layers(index, block, list(block_linears(block)), recipe, report, None, {})
-    if recipe.head_bits == 8:
+    if recipe.head_spec is not None:
         head = _dense(model.output, "output")
-        _replace(model, "output", "output", quantize(head.dense_weight(), HEAD_SPEC), head, recipe, report,
-                 head=True)
+        _replace(model, "output", "output", quantize(head.dense_weight(), recipe.head_spec), head, recipe, report,
+                 head=True, tied=model.embed is None)
     _convert_float_parts(model, compute_dtype(recipe))
     return report
 
@@ -270,6 +274,7 @@ def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, 
         head = names == ["lm_head"]
         spec = head_spec if head else body_spec
         qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
-        return make_layer(qw, biases, recipe, head)
+        tied = head and "model.embed_tokens.weight" not in tensors  # the head holds the embedding
+        return make_layer(qw, biases, recipe, head, tied)
 
     return make

@@ -109,10 +109,21 @@ class Int8Linear(_QuantLinear):
         return rows * self.scale[0][tokens, None].to(dtype)
 
 
+def _kernel_group(columns: int, width: int) -> int:
+    """The largest kernel group size that splits every quantization group (of `width` columns, the
+    last one possibly shorter) exactly: then no input padding is needed."""
+    remainder = columns % width
+    for g in INT4_KERNEL_GROUPS:
+        if width % g == 0 and remainder % g == 0:
+            return g
+    return next((g for g in INT4_KERNEL_GROUPS if width % g == 0), INT4_KERNEL_GROUPS[-1])
+
+
 class Int4Linear(_QuantLinear):
     """Weight-only INT4 with `_weight_int4pack_mm_for_cpu`: w = (u - 8) * scale + zero, u in 0..15."""
 
-    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None, act_dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None, act_dtype: torch.dtype = torch.bfloat16,
+                 keep_rows: bool = False):
         super().__init__()
         if qw.spec.bits != 4:
             raise LmforgeError(f"Int4Linear takes 4-bit weights, got {qw.spec.bits}")
@@ -120,17 +131,15 @@ class Int4Linear(_QuantLinear):
         self.act_dtype = act_dtype
         perm, groups = _group_order(qw)
         q = (qw.q if perm is None else qw.q[:, perm]).to(torch.int32)
-        if qw.spec.granularity == PER_GROUP:
-            group = qw.spec.group_width(in_features)
-            if group not in INT4_KERNEL_GROUPS:
-                raise LmforgeError(f"the INT4 kernel takes group sizes {', '.join(map(str, INT4_KERNEL_GROUPS))}; "
-                                   f"got {group}")
-            scale, zero = qw.scale, qw.zero
-        else:  # one scale per row: repeat it over kernel-sized groups
-            group = next((g for g in INT4_KERNEL_GROUPS if in_features % g == 0), 32)
-            repeats = -(-in_features // group)
-            scale = qw.scale.expand(-1, repeats)
-            zero = qw.zero.expand(-1, repeats) if qw.zero is not None else None
+        width = qw.spec.group_width(in_features)
+        if qw.spec.granularity == PER_GROUP and width not in INT4_KERNEL_GROUPS:
+            raise LmforgeError(f"the INT4 kernel takes group sizes {', '.join(map(str, INT4_KERNEL_GROUPS))}; "
+                               f"got {width}")
+        group = _kernel_group(in_features, width)
+        # Each kernel group takes the scale of the quantization group it lies in.
+        owner = (torch.arange(0, -(-in_features // group) * group, group) // width).clamp_max(qw.scale.shape[1] - 1)
+        scale = qw.scale[:, owner]
+        zero = qw.zero[:, owner] if qw.zero is not None else None
         self.group = group
         padded_in = -(-in_features // group) * group
         padded_out = -(-out_features // 16) * 16  # the kernel packs rows in blocks of 16
@@ -145,6 +154,29 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_and_zeros",
                              torch.stack([scale, kernel_zero], dim=-1).transpose(0, 1).to(act_dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.to(act_dtype))
+        # A tied embedding reads rows, which the kernel's blocked layout cannot give: keep the
+        # levels once more, two per byte in plain row order (as many bytes as the kernel's copy).
+        self.register_buffer("row_levels", None)
+        self.register_buffer("row_scale", None)
+        self.register_buffer("row_zero", None)
+        if keep_rows:
+            if perm is not None:
+                raise LmforgeError("a tied embedding needs an INT4 output layer without act-order")
+            levels = F.pad(u[:out_features, :in_features], (0, in_features % 2)).to(torch.uint8)
+            self.row_levels = levels[:, 0::2] | (levels[:, 1::2] << 4)
+            self.row_scale = qw.scale.float().contiguous()
+            self.row_zero = (qw.zero.float() if qw.zero is not None else torch.full_like(self.row_scale, 8.0))
+            self.row_width = width
+
+    def embedding(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of the dequantized weight (a tied embedding table)."""
+        if self.row_levels is None:
+            raise LmforgeError("this INT4 layer keeps no rows for an embedding")
+        packed = self.row_levels[tokens]
+        levels = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)[..., : self.in_features].float()
+        groups = torch.arange(self.in_features) // self.row_width
+        scale, zero = self.row_scale[tokens][..., groups], self.row_zero[tokens][..., groups]
+        return ((levels - zero) * scale).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._flat_input(x).to(self.act_dtype)

@@ -26,7 +26,8 @@ class QuantRecipe:
     symmetric: bool = True
     """Symmetric (scale only) or asymmetric (scale and zero point) weights."""
     head_bits: int | None = 8
-    """The output layer (and a tied embedding): INT8 per channel, or None to keep it in float."""
+    """The output layer (and a tied embedding): 8 (INT8 per channel), 4 (INT4 in groups of 128,
+    weight-only recipes), or None to keep it in float."""
     activations: str | None = None
     """W8A8: 'token' (dynamic scale per token) or 'tensor' (one dynamic scale); None = weight-only."""
     outlier_threshold: float = 6.0
@@ -70,8 +71,10 @@ class QuantRecipe:
         if self.activations is not None and (self.bits != 8 or not self.symmetric
                                              or self.granularity == PER_GROUP):
             bad("W8A8 needs symmetric 8-bit weights per channel or per tensor")
-        if self.head_bits not in (None, 8):
-            bad(f"the output layer is kept in INT8 or float, got head bits {self.head_bits}")
+        if self.head_bits not in (None, 8, 4):
+            bad(f"the output layer is quantized to 8 or 4 bits or kept in float, got head bits {self.head_bits}")
+        if self.head_bits == 4 and self.activation_granularity is not None:
+            bad("an INT4 output layer goes with weight-only recipes")
         if not 0 < self.damp < 1:
             bad(f"--damp must be in (0, 1), got {self.damp}")
         if self.awq_grid < 1:
@@ -86,6 +89,14 @@ class QuantRecipe:
     @property
     def weight_spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.symmetric, self.granularity, self.group_size)
+
+    @property
+    def head_spec(self) -> QuantSpec | None:
+        if self.head_bits is None:
+            return None
+        if self.head_bits == 4:
+            return QuantSpec(4, True, PER_GROUP, 128)
+        return QuantSpec(8, True, PER_CHANNEL)
 
     @property
     def activation_granularity(self) -> str | None:
