@@ -90,6 +90,14 @@ class DenseLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+def dense_layer(tensors, names: list[str], bias: bool, dtype: torch.dtype) -> DenseLinear:
+    """One layer for the HF weights `names` stacked by rows (q|k|v, gate|up)."""
+    weights = [tensors[n + ".weight"].to(dtype) for n in names]
+    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+    b = torch.cat([tensors[n + ".bias"].to(dtype) for n in names]) if bias else None
+    return DenseLinear.from_weight(weight, b)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -221,12 +229,7 @@ class Transformer(nn.Module):
         def get(name):
             return tensors[name].to(dtype)
 
-        def dense(names, bias):
-            weight = torch.cat([get(n + ".weight") for n in names]) if len(names) > 1 else get(names[0] + ".weight")
-            b = torch.cat([get(n + ".bias") for n in names]) if bias else None
-            return DenseLinear.from_weight(weight, b)
-
-        make = linear_factory or dense
+        make = linear_factory or (lambda names, bias: dense_layer(tensors, names, bias, dtype))
 
         def linear(*names, bias=False):
             return make(list(names), bias)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.model import DenseLinear, RMSNorm, Transformer
+from lmforge.model import DenseLinear, RMSNorm, Transformer, dense_layer
 from lmforge.progress import progress_iter
 from lmforge.quant import awq, gptq, smoothquant
 from lmforge.quant.linear import Int4Linear, Int8Linear, W8A8Linear
@@ -267,10 +267,9 @@ def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, 
     from lmforge.quant.serialize import read_quantized
 
     def make(names: list[str], bias: bool) -> nn.Module:
-        biases = torch.cat([tensors[n + ".bias"] for n in names]) if bias else None
         if not all(f"{n}.weight_shape" in tensors for n in names):  # left in float
-            weight = torch.cat([tensors[n + ".weight"].to(dtype) for n in names])
-            return DenseLinear.from_weight(weight, biases.to(dtype) if biases is not None else None)
+            return dense_layer(tensors, names, bias, dtype)
+        biases = torch.cat([tensors[n + ".bias"] for n in names]) if bias else None
         head = names == ["lm_head"]
         spec = head_spec if head else body_spec
         qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
