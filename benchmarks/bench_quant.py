@@ -110,7 +110,7 @@ def quality(tokens: int) -> dict:
     from lmforge.evaluate import evaluate
     from lmforge.quant.recipe import QuantRecipe
     from lmforge.quant.serialize import save_quantized
-    from lmforge.quant.workflow import quantize_loaded
+    from lmforge.quant.workflow import quantize_loaded, weights_file_bytes
 
     reference = lmforge.load("smollm2-135m", "float32")
     ids = reference.tokenizer.encode(WIKITEXT.read_text(encoding="utf-8"), add_special_tokens=False)[:tokens]
@@ -126,7 +126,7 @@ def quality(tokens: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             folder = save_quantized(lm.model, lm.config, recipe, report.weights, lm.checkpoint.tokenizer_dir,
                                     Path(tmp) / "model")
-            file_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+            file_bytes = weights_file_bytes(folder)
         scored = evaluate(lm.model, ids, 512, 256, reference=reference.model, show_progress=False)
         results[name] = {"perplexity": scored.perplexity, "delta_pct": 100 * (scored.perplexity / base.perplexity - 1),
                          "kl": scored.kl_divergence, "top1": scored.top1_agreement, "quantize_s": seconds,

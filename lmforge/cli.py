@@ -507,8 +507,6 @@ def cmd_eval(args) -> int:
 def recipe_from_args(args):
     from lmforge.quant.recipe import QuantRecipe
 
-    if args.bits not in (4, 8):
-        raise LmforgeError(f"--bits must be 8 or 4, got {args.bits}")
     granularity = args.granularity
     if granularity is None:  # 4-bit and AWQ default to groups of 128, W8A8 to per channel
         grouped = args.group_size is not None or args.bits == 4 or args.method == "awq"
@@ -523,11 +521,11 @@ def recipe_from_args(args):
 
 def cmd_quantize(args) -> int:
     from lmforge.plan import format_bytes
-    from lmforge.quant.workflow import quantize_to_folder, weight_bytes
+    from lmforge.quant.workflow import quantize_to_folder, weight_bytes, weights_file_bytes
 
     recipe = recipe_from_args(args)
     lm, report, folder = quantize_to_folder(args.model, recipe, args.out, args.calib)
-    file_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
+    file_bytes = weights_file_bytes(folder)
     resident = weight_bytes(lm.model)
     if args.json:
         _print_json({"out": str(folder), "file_bytes": file_bytes, "weight_bytes": resident,

@@ -107,4 +107,4 @@ def _describe_quantization(config_file: Path) -> str | None:
             f"{body.granularity}" + (f" of {body.group_size}" if body.granularity == "group" else ""))
     if recipe.activation_granularity:
         text += f", INT8 activations per {recipe.activation_granularity}"
-    return text + (", INT8 output layer" if head is not None else "")
+    return text + (f", INT{head.bits} output layer" if head is not None else ", float output layer")

@@ -163,6 +163,7 @@ def test_quantize_then_generate_eval_and_inspect_the_saved_model(tmp_path, share
     assert 0.5 < scores["top1_agreement"] < 1
     report = json.loads(run("inspect", str(out), "--json").stdout)
     assert report["quantization"].startswith("rtn: 4-bit symmetric weights per group of 128")
+    assert report["quantization"].endswith("INT8 output layer")
 
     again = run("quantize", "--method", "rtn", "--out", str(out), check=False)
     assert_clean_failure(again, "not an empty folder")

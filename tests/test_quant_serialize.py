@@ -131,3 +131,7 @@ def test_embedded_model_saves_and_reloads_identically(tmp_path, embedded):
     with torch.no_grad():
         assert torch.equal(lm.model(ids, positions), again.model(ids, positions))
     assert again.tokenizer.encode("round trip") == embedded.tokenizer.encode("round trip")
+    from lmforge.inspection import inspect_model
+
+    described = inspect_model(folder).quantization
+    assert described == "rtn: 4-bit asymmetric weights per group of 128, INT4 output layer"

@@ -79,19 +79,15 @@ def describe(name: str) -> str:
     return text + (f", int8 activations per {r.activation_granularity}" if r.activation_granularity else "")
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
-
 def build_variant(model, name: str, calibration_file, work_dir: Path):
     """(LoadedModel, file bytes, seconds spent quantizing) for one variant."""
     import lmforge
     from lmforge.quant.serialize import save_quantized
-    from lmforge.quant.workflow import quantize_loaded
+    from lmforge.quant.workflow import quantize_loaded, weights_file_bytes
 
     spec = VARIANTS.get(name)
     if spec is None:  # a saved folder
-        return lmforge.load(name), _folder_bytes(Path(name)), 0.0
+        return lmforge.load(name), weights_file_bytes(Path(name)), 0.0
     if isinstance(spec, str):
         lm = lmforge.load(model, spec)
         bytes_per = 4 if spec == "float32" else 2
@@ -102,7 +98,7 @@ def build_variant(model, name: str, calibration_file, work_dir: Path):
     seconds = time.perf_counter() - start
     folder = save_quantized(lm.model, lm.config, spec, report.weights, lm.checkpoint.tokenizer_dir,
                             work_dir / name, {"name": lm.name})
-    return lm, _folder_bytes(folder), seconds
+    return lm, weights_file_bytes(folder), seconds
 
 
 def measure_speed(lm, prompt_tokens: int = 256, decode_tokens: int = 64, repeats: int = 3) -> dict:

@@ -78,7 +78,6 @@ class Int8Linear(_QuantLinear):
         bounds[-1] = self.padded_in  # the padding joins the last group
         self.group_bounds = bounds.tolist()
         self.register_buffer("bias", None if bias is None else bias.to(act_dtype))
-        self.register_buffer("ones", torch.ones(self.out_features, dtype=act_dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._flat_input(x).to(self.act_dtype)

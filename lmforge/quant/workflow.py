@@ -16,6 +16,11 @@ def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
+def weights_file_bytes(folder: Path) -> int:
+    """Bytes of a model folder's safetensors files."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
 def quantize_loaded(lm, recipe: QuantRecipe, calibration_file: str | Path | None = None,
                     show_progress: bool = True) -> QuantizationReport:
     """Quantize a float32 LoadedModel in place (calibrating on the file, or the shipped text)."""
