@@ -30,30 +30,46 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return parse_dtype(dtype) if isinstance(dtype, str) else dtype
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 @dataclass
 class LoadedModel:
     name: str
     config: ModelConfig
-    model: Transformer
+    model: Transformer  # or an OnnxDecoder: the same call, logits from ONNX Runtime
     tokenizer: Tokenizer
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None  # None for an ONNX export
+    backend: str = "torch"
 
     def engine(self, **kwargs) -> Engine:
         return Engine(self.model, self.tokenizer, **kwargs)
 
 
 def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None,
-         cache_dir: Path | None = None) -> LoadedModel:
-    """Load a model (GGUF file, Hugging Face directory, lmforge quantized directory or 'smollm2-135m').
+         cache_dir: Path | None = None, backend: str | None = None) -> LoadedModel:
+    """Load a model (GGUF file, Hugging Face directory, lmforge quantized directory, ONNX export
+    folder or 'smollm2-135m').
 
-    dtype: compute dtype; None means float32, or for a quantized model the dtype it was made for."""
+    dtype: compute dtype; None means float32, or for a quantized model the dtype it was made for.
+    backend: "torch" or "onnxruntime"; None picks onnxruntime for an ONNX export folder, else torch.
+    With onnxruntime, a checkpoint is exported once into the cache (at its own precision)."""
+    from lmforge.onnx.export import is_onnx_export
+
+    if backend is not None and backend not in BACKENDS:
+        raise LmforgeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if is_onnx_export(model) or backend == "onnxruntime":
+        if backend == "torch":
+            raise LmforgeError(f"{model}: an ONNX export runs with the onnxruntime backend")
+        return _load_onnx(model, dtype, cache_dir)
     checkpoint = load_checkpoint(model, cache_dir)
     if checkpoint.quantization is not None:
         from lmforge.quant.apply import compute_dtype, quantized_layer_factory
 
         recipe, body_spec, head_spec = checkpoint.quantization
         torch_dtype = compute_dtype(recipe) if dtype is None else _as_dtype(dtype)
-        factory = quantized_layer_factory(checkpoint.tensors, recipe, body_spec, head_spec, torch_dtype)
+        factory = quantized_layer_factory(checkpoint.tensors, recipe, body_spec, head_spec, torch_dtype,
+                                          None if dtype is None else torch_dtype)
         net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype, factory)
     else:
         torch_dtype = torch.float32 if dtype is None else _as_dtype(dtype)
@@ -61,3 +77,19 @@ def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None
     checkpoint.tensors = {}  # the model holds its own copies; let the file mapping go
     tokenizer = Tokenizer.from_dir(checkpoint.tokenizer_dir, checkpoint.config.eos_token_ids)
     return LoadedModel(checkpoint.source.name, checkpoint.config, net, tokenizer, checkpoint)
+
+
+def _load_onnx(model, dtype, cache_dir: Path | None) -> LoadedModel:
+    from lmforge.loading import default_cache_dir
+    from lmforge.onnx.export import MODEL_FILE, cached_export, exported_config, is_onnx_export, read_manifest
+    from lmforge.onnx.runtime import OnnxDecoder
+
+    if dtype is not None and _as_dtype(dtype) != torch.float32:
+        raise LmforgeError("the onnxruntime backend computes in float32 (INT4/INT8 weights through MatMulNBits); "
+                           "leave --dtype unset")
+    folder = Path(model) if is_onnx_export(model) else cached_export(model, cache_dir or default_cache_dir())
+    manifest = read_manifest(folder)
+    config = exported_config(folder)
+    decoder = OnnxDecoder(folder / MODEL_FILE, config)
+    tokenizer = Tokenizer.from_dir(folder, config.eos_token_ids)
+    return LoadedModel(manifest.get("name", folder.name), config, decoder, tokenizer, None, "onnxruntime")

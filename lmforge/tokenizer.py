@@ -7,6 +7,17 @@ from pathlib import Path
 from lmforge.errors import ModelError, RequestError
 
 REPLACEMENT_CHAR = "\ufffd"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "generation_config.json")
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> None:
+    """Copy the tokenizer and chat template so a written model folder runs on its own."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 class Tokenizer:

@@ -51,16 +51,20 @@ class QuantizationReport:
 # --- the handler: QuantizedWeight -> layer ------------------------------------------------------
 
 def make_layer(qw: QuantizedWeight, bias: torch.Tensor | None, recipe: QuantRecipe, head: bool = False,
-               tied: bool = False) -> nn.Module:
-    """The integer layer for a weight (`head`: the output layer; `tied`: it is the embedding too)."""
+               tied: bool = False, act_dtype: torch.dtype | None = None) -> nn.Module:
+    """The integer layer for a weight (`head`: the output layer; `tied`: it is the embedding too).
+
+    act_dtype: the activations' dtype; None is bfloat16 for weight-only layers (the fast kernels)
+    and float32 for W8A8. float32 makes weight-only layers exact but slow."""
+    weight_only = act_dtype or torch.bfloat16
     if head:
         if qw.spec.bits == 4:
-            return Int4Linear(qw, bias, torch.bfloat16, keep_rows=tied)
-        return Int8Linear(qw, bias, torch.bfloat16)
+            return Int4Linear(qw, bias, weight_only, keep_rows=tied)
+        return Int8Linear(qw, bias, weight_only)
     if recipe.activation_granularity is not None:
         threshold = recipe.outlier_threshold if recipe.method == "llm-int8" else None
         return W8A8Linear(qw, bias, torch.float32, recipe.activation_granularity, threshold)
-    return (Int8Linear if qw.spec.bits == 8 else Int4Linear)(qw, bias, torch.bfloat16)
+    return (Int8Linear if qw.spec.bits == 8 else Int4Linear)(qw, bias, weight_only)
 
 
 def compute_dtype(recipe: QuantRecipe) -> torch.dtype:
@@ -262,8 +266,9 @@ def _convert_float_parts(model: Transformer, dtype: torch.dtype) -> None:
 
 
 def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, head_spec: QuantSpec | None,
-                            dtype: torch.dtype):
-    """For Transformer.from_hf_tensors: the layer for HF weights `names` of a saved quantized model."""
+                            dtype: torch.dtype, act_dtype: torch.dtype | None = None):
+    """For Transformer.from_hf_tensors: the layer for HF weights `names` of a saved quantized model
+    (float parts in `dtype`; `act_dtype` for the integer layers' activations, see make_layer)."""
     from lmforge.quant.serialize import read_quantized
 
     def make(names: list[str], bias: bool) -> nn.Module:
@@ -274,6 +279,6 @@ def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, 
         spec = head_spec if head else body_spec
         qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
         tied = head and "model.embed_tokens.weight" not in tensors  # the head holds the embedding
-        return make_layer(qw, biases, recipe, head, tied)
+        return make_layer(qw, biases, recipe, head, tied, act_dtype)
 
     return make

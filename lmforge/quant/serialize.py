@@ -13,21 +13,18 @@ lmforge's own settings (method, outlier threshold, ...) ride along under `quanti
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lmforge.atomic import new_folder
 from lmforge.config import ModelConfig
 from lmforge.errors import ModelError
 from lmforge.quant.recipe import QuantRecipe
 from lmforge.quant.rtn import PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantizedWeight, QuantSpec
+from lmforge.tokenizer import copy_tokenizer_files
 
 FORMAT_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.json", "merges.txt", "generation_config.json")
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -196,12 +193,6 @@ def read_quantization_config(qc: dict, where: Path) -> tuple[QuantRecipe, QuantS
 
 # --- save -------------------------------------------------------------------------------------
 
-def _copy_tokenizer(source: Path, target: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-
-
 def save_quantized(model, config: ModelConfig, recipe: QuantRecipe, weights: dict, tokenizer_dir: Path,
                    out: Path, source: dict | None = None) -> Path:
     """Write the model to `out` atomically (a temporary folder renamed into place).
@@ -210,8 +201,6 @@ def save_quantized(model, config: ModelConfig, recipe: QuantRecipe, weights: dic
     from safetensors.torch import save_file
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ModelError(f"{out}: exists and is not empty; choose a new folder (nothing was overwritten)")
     tensors: dict[str, torch.Tensor] = {}
     head_spec = None
     for fused, (qw, bias) in weights.items():
@@ -237,18 +226,10 @@ def save_quantized(model, config: ModelConfig, recipe: QuantRecipe, weights: dic
     hf_config = config.to_hf_dict()
     hf_config["quantization_config"] = quantization_config(recipe, head_spec)
     hf_config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with new_folder(out) as work:
         save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
         (work / "config.json").write_text(json.dumps(hf_config, indent=2))
         (work / "lmforge_source.json").write_text(json.dumps({**(source or {}), "quantized_with": recipe.to_dict()},
                                                              indent=2))
-        _copy_tokenizer(Path(tokenizer_dir), work)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        copy_tokenizer_files(Path(tokenizer_dir), work)
     return out
