@@ -54,11 +54,11 @@ def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None
     dtype: compute dtype; None means float32, or for a quantized model the dtype it was made for.
     backend: "torch" or "onnxruntime"; None picks onnxruntime for an ONNX export folder, else torch.
     With onnxruntime, a checkpoint is exported once into the cache (at its own precision)."""
-    from lmforge.onnx.export import is_onnx_export
+    from lmforge.onnx.export import is_onnx_export, is_onnx_file
 
     if backend is not None and backend not in BACKENDS:
         raise LmforgeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if is_onnx_export(model) or backend == "onnxruntime":
+    if is_onnx_export(model) or is_onnx_file(model) or backend == "onnxruntime":
         if backend == "torch":
             raise LmforgeError(f"{model}: an ONNX export runs with the onnxruntime backend")
         return _load_onnx(model, dtype, cache_dir)
@@ -81,15 +81,21 @@ def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None
 
 def _load_onnx(model, dtype, cache_dir: Path | None) -> LoadedModel:
     from lmforge.loading import default_cache_dir
-    from lmforge.onnx.export import MODEL_FILE, cached_export, exported_config, is_onnx_export, read_manifest
+    from lmforge.onnx.export import (MODEL_FILE, cached_export, exported_config, is_onnx_export, is_onnx_file,
+                                     read_manifest)
     from lmforge.onnx.runtime import OnnxDecoder
 
     if dtype is not None and _as_dtype(dtype) != torch.float32:
         raise LmforgeError("the onnxruntime backend computes in float32 (INT4/INT8 weights through MatMulNBits); "
                            "leave --dtype unset")
-    folder = Path(model) if is_onnx_export(model) else cached_export(model, cache_dir or default_cache_dir())
-    manifest = read_manifest(folder)
+    if is_onnx_file(model):  # a bare decoder file: its config and tokenizer must sit beside it
+        model_file, folder, name = Path(model), Path(model).parent, Path(model).parent.resolve().name
+    else:
+        folder = Path(model) if is_onnx_export(model) else cached_export(model, cache_dir or default_cache_dir())
+        model_file, name = folder / MODEL_FILE, read_manifest(folder).get("name", folder.name)
+    if not (folder / "config.json").is_file():
+        raise LmforgeError(f"{model_file}: an ONNX decoder needs the model's config.json beside it")
     config = exported_config(folder)
-    decoder = OnnxDecoder(folder / MODEL_FILE, config)
+    decoder = OnnxDecoder(model_file, config)
     tokenizer = Tokenizer.from_dir(folder, config.eos_token_ids)
-    return LoadedModel(manifest.get("name", folder.name), config, decoder, tokenizer, None, "onnxruntime")
+    return LoadedModel(name, config, decoder, tokenizer, None, "onnxruntime")

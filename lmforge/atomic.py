@@ -17,7 +17,8 @@ def new_folder(out: str | Path) -> Iterator[Path]:
     """Yield a work folder that becomes `out` when the block succeeds; refuse a non-empty `out`."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ModelError(f"{out}: exists and is not an empty folder; choose a new one (nothing was overwritten)")
+        raise ModelError(f"{out}: exists and is not empty (or is not a folder); choose a new one "
+                         "(nothing was overwritten)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     umask = os.umask(0)

@@ -55,6 +55,13 @@ def _add_model_arg(p: argparse.ArgumentParser, optional_positional: bool = False
         p.add_argument("--model", "-m", default=None, help=help_text)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype (default: float32, or what a quantized model was made for)")
+    _add_backend_arg(p)
+
+
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=None, choices=["torch", "onnxruntime"],
+                   help="torch (default), or onnxruntime: runs an ONNX export folder, or exports MODEL once "
+                        "into the cache and runs that")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +106,7 @@ def _sampling_params(args):
 def _load(args):
     import lmforge
 
-    return lmforge.load(args.model, args.dtype)
+    return lmforge.load(args.model, args.dtype, backend=args.backend)
 
 
 def _stats_line(c, peak: int) -> str:
@@ -235,8 +242,15 @@ def cmd_chat(args) -> int:
 
 def cmd_inspect(args) -> int:
     from lmforge.inspection import inspect_model
+    from lmforge.onnx.export import MODEL_FILE, is_onnx_export, is_onnx_file, read_manifest
     from lmforge.plan import format_bytes
 
+    if is_onnx_file(args.model) or is_onnx_export(args.model):
+        folder = Path(args.model)
+        manifest = read_manifest(folder) if is_onnx_export(folder) else None
+        return _inspect_onnx(folder / MODEL_FILE if manifest else folder, manifest, args)
+    if args.netron:
+        raise LmforgeError("--netron opens ONNX files; give a .onnx file or an export folder")
     report = inspect_model(args.model)
     if args.json:
         _print_json(report.to_dict())
@@ -292,6 +306,68 @@ def cmd_inspect(args) -> int:
     if c.num_kv_heads != c.num_heads:
         out.print(f"[dim]The formula 2 x hidden x layers x 2 bytes ignores {attention} and would say "
                   f"{format_bytes(naive)} per token, {naive / report.kv_bytes_per_token()['fp16']:.0f}x too much.[/dim]")
+    return 0
+
+
+def _inspect_onnx(path: Path, manifest: dict | None, args) -> int:
+    from lmforge.onnx.inspect import inspect_onnx, serve_netron
+    from lmforge.plan import format_bytes
+
+    report = inspect_onnx(path)
+    report.manifest = manifest
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        table = Table(title=f"{path}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        if manifest:
+            table.add_row("lmforge export", f"{manifest.get('name')} at {manifest.get('precision')}, "
+                                            f"from {manifest.get('source')}")
+        table.add_row("ir version / producer", f"{report.ir_version} / {report.producer or '-'}")
+        table.add_row("opsets", ", ".join(f"{d} {v}" for d, v in report.opsets.items()))
+        table.add_row("graph file / external data", f"{format_bytes(report.file_bytes)} / "
+                                                    f"{format_bytes(report.external_data_bytes)}")
+        table.add_row("initializers", f"{report.initializer_count}: " + ", ".join(
+            f"{dtype} {format_bytes(b)}" for dtype, b in report.initializer_bytes.items()))
+        table.add_row("decoder with KV cache", "yes" if report.is_decoder else "no")
+        out.print(table)
+        for title, tensors in (("Inputs", report.inputs), ("Outputs", report.outputs)):
+            shown = tensors if len(tensors) <= 12 else tensors[:6] + tensors[-4:]
+            t = Table(title=f"{title} ({len(tensors)})")
+            for col in ("name", "dtype", "shape"):
+                t.add_column(col)
+            for info in shown:
+                t.add_row(info.name, info.dtype, escape("[" + ", ".join(map(str, info.shape)) + "]"))
+            if len(shown) < len(tensors):
+                t.caption = f"{len(tensors) - len(shown)} more (per-layer KV cache), see --json"
+            out.print(t)
+        ops = Table(title="Operators")
+        ops.add_column("operator")
+        ops.add_column("count", justify="right")
+        for op, n in report.operators.items():
+            ops.add_row(op, str(n))
+        out.print(ops)
+    if args.netron:
+        serve_netron(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lmforge.onnx.export import export_onnx
+    from lmforge.onnx.inspect import inspect_onnx
+    from lmforge.plan import format_bytes
+
+    folder = export_onnx(args.model, args.out, args.precision, args.opset, args.group_size, args.accuracy_level)
+    report = inspect_onnx(folder / "model.onnx")
+    summary = {"out": str(folder), "operators": report.operators, "initializer_bytes": report.initializer_bytes,
+               "external_data_bytes": report.external_data_bytes}
+    if args.json:
+        _print_json(summary)
+        return 0
+    ops = ", ".join(f"{op} x{n}" for op, n in list(report.operators.items())[:6])
+    err.print(f"wrote {folder} ({format_bytes(report.external_data_bytes)} of weights); {ops}")
+    err.print(f"run it: lmforge generate --model {folder} \"{EXAMPLE_PROMPT}\" --chat")
     return 0
 
 
@@ -637,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=None, help="model to evaluate (default: the embedded one)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype (default: float32, or what a quantized model was made for)")
+    _add_backend_arg(p)
     p.add_argument("--text", required=True, help="UTF-8 text file to score")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
     p.add_argument("--stride", type=int, default=256, help="window step in tokens (256)")
@@ -697,9 +774,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="architecture, parameters, memory per precision, KV cache per token")
     p.add_argument("model", nargs="?", default=None,
-                   help="model, config.json or catalogue name (see `lmforge plan --list`)")
+                   help="model, config.json, catalogue name (see `lmforge plan --list`), .onnx file or ONNX export")
+    p.add_argument("--netron", action="store_true", help="also serve the ONNX file in Netron (pip install netron)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export", help="export a model to ONNX (a folder that runs on its own with ONNX Runtime)")
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    p = formats.add_parser("onnx", help="decoder with KV cache, fused attention/norms, MatMulNBits for INT4/INT8")
+    p.add_argument("model", nargs="?", default=None, help="model to export (default: the embedded one)")
+    p.add_argument("--out", required=True, help="new folder for model.onnx, its weights, tokenizer and manifest")
+    p.add_argument("--precision", choices=["fp32", "int8", "int4"], default=None,
+                   help="fp32, or weights quantized round-to-nearest at export (default: the model's own; a "
+                        "quantized lmforge folder keeps its levels)")
+    p.add_argument("--opset", type=int, default=23,
+                   help="ONNX opset of the default domain (17..24; default 23, where RMSNormalization is standard)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 from float: columns per scale (32)")
+    p.add_argument("--accuracy-level", type=int, default=4,
+                   help="MatMulNBits compute: 4 = INT8 activations per block (fast, default), 0 = float32")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plan", help="which precisions fit a device with weights + KV cache + working memory")
     p.add_argument("model", nargs="?", default=None, help="model, config.json or catalogue name")

@@ -32,6 +32,14 @@ def is_onnx_export(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
+def is_onnx_file(path: str | os.PathLike | None) -> bool:
+    """ONNX files are protobuf ModelProtos, which start with the ir_version field (tag 0x08)."""
+    if path is None or not Path(path).is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x08"
+
+
 def checkpoint_precision(checkpoint: Checkpoint) -> str:
     if checkpoint.quantization is None:
         return "fp32"
@@ -63,7 +71,8 @@ def export_onnx(model: str | os.PathLike | None, out: str | os.PathLike, precisi
         raise LmforgeError(f"--accuracy-level must be 0..4, got {accuracy_level}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LmforgeError(f"{out}: exists and is not an empty folder; choose a new one (nothing was overwritten)")
+        raise LmforgeError(f"{out}: exists and is not empty (or is not a folder); choose a new one "
+                         "(nothing was overwritten)")
     checkpoint = load_checkpoint(model, cache_dir)
     precision = resolve_precision(checkpoint, precision)
     if checkpoint.quantization is not None and checkpoint.quantization[0].activation_granularity is not None:

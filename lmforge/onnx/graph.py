@@ -20,7 +20,7 @@ from lmforge.model import rope_inverse_frequencies
 from lmforge.onnx.weights import DenseWeight, LayerSource, NBitsWeight, fused_layers
 
 MS_DOMAIN = "com.microsoft"
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 21
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 24, 23
 LOGITS_TO_KEEP = "logits_to_keep"  # extra input, default 0 = logits for every position
 
 
@@ -130,8 +130,9 @@ def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT
         weights = {k: source.layer(names, bias) for k, (names, bias) in fused_layers(config, i).items()}
         ln1 = g.init(f"model.layers.{i}.input_layernorm.weight", source.norm(f"model.layers.{i}.input_layernorm.weight"))
         if pending is None:
-            h = g.one("SimplifiedLayerNormalization", [residual, ln1], name=f"{p}/input_layernorm", axis=-1,
-                      epsilon=eps, stash_type=1)
+            # RMSNormalization is standard from opset 23; before, ONNX Runtime's own operator stands in.
+            norm_op = "RMSNormalization" if opset >= 23 else "SimplifiedLayerNormalization"
+            h = g.one(norm_op, [residual, ln1], name=f"{p}/input_layernorm", axis=-1, epsilon=eps, stash_type=1)
         else:
             h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln1], 4, MS_DOMAIN,
                                      f"{p}/input_layernorm", epsilon=eps)

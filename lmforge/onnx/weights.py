@@ -59,14 +59,14 @@ def to_nbits(qw: QuantizedWeight, bias: torch.Tensor | None) -> NBitsWeight:
         order = torch.sort(groups, stable=True).indices
         perm, groups = order, groups[order]
     q = qw.q if perm is None else qw.q[:, perm]
-    if qw.spec.granularity == PER_GROUP:
+    if qw.spec.granularity == PER_GROUP and qw.scale.shape[1] > 1:
         block = qw.spec.group_width(cols)
         if block < 16 or block & (block - 1):
             raise LmforgeError(f"MatMulNBits needs a power-of-two block of at least 16; the group size is {block}")
         if not torch.equal(groups, torch.arange(cols) // block):
             raise LmforgeError("the weight's column groups do not line up with MatMulNBits blocks")
         scale, zero = qw.scale, qw.zero
-    else:  # one scale per row (or tensor): repeat it for every block
+    else:  # one scale per row (or tensor, or a group as wide as the row): repeat it for every block
         block = PER_CHANNEL_BLOCK
         n_blocks = -(-cols // block)
         scale = qw.scale[:, :1].expand(rows, n_blocks)
