@@ -24,7 +24,8 @@ def assert_clean_failure(proc, message: str):
 
 
 def test_every_command_has_help():
-    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize"):
+    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize",
+                    "compare", "export"):
         assert "usage: lmforge " + command in run(command, "--help").stdout
 
 
@@ -185,3 +186,37 @@ def test_generate_with_an_int8_kv_cache():
 def test_quantize_bad_input_fails_cleanly(tmp_path, args, message):
     assert_clean_failure(run("quantize", *args, "--out", str(tmp_path / "q"), check=False), message)
     assert not (tmp_path / "q").exists()
+
+
+def test_export_onnx_then_inspect_and_run_it(tmp_path):
+    save_tiny_model(tmp_path / "tiny", "qwen2")
+    summary = json.loads(run("export", "onnx", str(tmp_path / "tiny"), "--out", str(tmp_path / "x"),
+                             "--precision", "int8", "--json").stdout)
+    assert summary["operators"]["com.microsoft.MatMulNBits"] == 2 * 4 + 1
+    report = json.loads(run("inspect", str(tmp_path / "x"), "--json").stdout)
+    assert report["is_decoder"] and report["manifest"]["precision"] == "int8"
+    assert report["opsets"]["com.microsoft"] == 1 and report["opsets"]["ai.onnx"] == 23
+    assert report["initializer_bytes"]["uint8"] > 0
+    inputs = {i["name"]: i for i in report["inputs"]}
+    assert inputs["past_key_values.0.key"]["shape"] == ["batch_size", 2, "past_sequence_length", 16]
+    table = run("inspect", str(tmp_path / "x" / "model.onnx")).stdout
+    assert "GroupQueryAttention" in table and "[batch_size, sequence_length]" in table
+    assert_clean_failure(run("export", "onnx", str(tmp_path / "tiny"), "--out", str(tmp_path / "x"), check=False),
+                         "not empty")
+    assert_clean_failure(run("export", "onnx", str(tmp_path / "tiny"), "--out", str(tmp_path / "y"), "--opset", "9",
+                             check=False), "opset 9 is not supported")
+    assert_clean_failure(run("generate", "hi", "--model", str(tmp_path / "x"), "--backend", "torch", check=False),
+                         "onnxruntime backend")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08garbage")
+    assert_clean_failure(run("inspect", str(tmp_path / "junk.onnx"), check=False), "not an ONNX model")
+
+
+def test_generate_and_eval_with_the_onnxruntime_backend(shared_data, tmp_path):
+    text = tmp_path / "wiki.txt"
+    text.write_text((shared_data / "wikitext2_test.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    data = json.loads(run("generate", "What is the capital of France?", "--chat", "-t", "0", "--json",
+                          "--backend", "onnxruntime").stdout)
+    assert "Paris" in data["text"] and data["tpot_s"] > 0
+    scores = [json.loads(run("eval", "--text", str(text), "--max-text-tokens", "600", "--json", *extra).stdout)
+              for extra in ([], ["--backend", "onnxruntime"])]
+    assert abs(scores[0]["perplexity"] - scores[1]["perplexity"]) < 1e-3 * scores[0]["perplexity"]
