@@ -101,3 +101,20 @@ def test_parse_settings_string():
         SamplingParams.parse("temprature=1")
     with pytest.raises(RequestError):
         SamplingParams.parse("top_p=high")
+
+
+def test_top_p_on_a_large_vocabulary_matches_a_full_sort():
+    """The windowed nucleus equals the textbook one (sort everything) for peaked and flat rows."""
+    def full_sort(logits, top_p):
+        values, order = logits.sort(dim=-1, descending=True)
+        probs = values.softmax(-1)
+        drop = (probs.cumsum(-1) - probs >= top_p[:, None]) & (top_p[:, None] < 1)
+        drop[:, 0] = False
+        return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.3, 2.0, 8.0):
+        logits = (torch.randn(4, 49152, generator=generator, dtype=torch.float64) * scale)
+        logits[1, :500] = float("-inf")  # as after top-k
+        top_p = torch.tensor([0.5, 0.9, 0.99, 1.0], dtype=torch.float64)
+        assert torch.equal(apply_top_p(logits, top_p).isinf(), full_sort(logits, top_p).isinf())

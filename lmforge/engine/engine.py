@@ -182,7 +182,7 @@ class Engine:
             if chunk.completes_prompt:
                 parts.append(logits[:, -1])
                 rows.append(chunk.request_id)
-        return rows, (torch.cat(parts) if parts else None)
+        return rows, (None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def _banned(self, request: _Request) -> tuple[int, ...]:
         if len(request.output_ids) < request.params.min_tokens:
