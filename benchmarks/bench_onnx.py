@@ -107,7 +107,7 @@ def prepare(work: Path) -> dict:
 
     hf_folder = load_checkpoint(None).tokenizer_dir  # the GGUF converted to a Hugging Face folder
     seconds = {}
-    for name, kwargs in (("fp32", {}), ("int4", {"precision": "int4"})):
+    for name, kwargs in (("fp32", {}), ("int8", {"precision": "int8"}), ("int4", {"precision": "int4"})):
         start = time.perf_counter()
         export_onnx(None, work / f"lmforge-{name}", show_progress=False, **kwargs)
         seconds[f"lmforge {name} export"] = time.perf_counter() - start
@@ -133,6 +133,7 @@ def speed(work: Path, repeats: int, decode_tokens: int) -> dict:
     prefill_params = SamplingParams(temperature=0, max_tokens=1)
     engines = {"lmforge pytorch fp32": lmforge.load(None, "float32"),
                "lmforge onnx fp32": lmforge.load(work / "lmforge-fp32"),
+               "lmforge onnx int8": lmforge.load(work / "lmforge-int8"),
                "lmforge onnx int4": lmforge.load(work / "lmforge-int4")}
     engines = {k: lm.engine(max_batch=1, max_seq_len=512 + decode_tokens + 8) for k, lm in engines.items()}
     genai = GenaiRunner(work / "genai-int4")
@@ -201,6 +202,7 @@ def quality(work: Path, tokens: int) -> dict:
     reference = lmforge.load(None, "float32")
     ids = reference.tokenizer.encode(WIKITEXT.read_text(encoding="utf-8"), add_special_tokens=False)[:tokens]
     models = {"lmforge pytorch fp32": reference.model, "lmforge onnx fp32": lmforge.load(work / "lmforge-fp32").model,
+              "lmforge onnx int8": lmforge.load(work / "lmforge-int8").model,
               "lmforge onnx int4": lmforge.load(work / "lmforge-int4").model,
               "onnxruntime-genai int4": GenaiLogits(work / "genai-int4", reference.config)}
     results = {}
@@ -240,8 +242,8 @@ def write_results_section(results: dict) -> None:
     lines = [f"Measured {results['date']} on {results['machine']}; onnxruntime {results['versions']['onnxruntime']}, "
              f"onnxruntime-genai {results['versions']['onnxruntime_genai']}. References in the same run: "
              f"onnxruntime-genai's INT4 model (its builder, `-p int4 -e cpu`: INT4 g32 everywhere, INT4 head) and "
-             f"lmforge's float32 PyTorch backend. lmforge INT4: RTN g32 symmetric, INT8 head, MatMulNBits "
-             f"accuracy level 4. Greedy, {results['decode_tokens']} tokens decoded after a 32-token prompt, "
+             f"lmforge's float32 PyTorch backend. lmforge INT4: RTN g32 symmetric, INT8 head; INT8: RTN per "
+             f"channel; both MatMulNBits at accuracy level 4 (INT8 activations per block). Greedy, {results['decode_tokens']} tokens decoded after a 32-token prompt, "
              f"512-token prefill, medians of {results['repeats']}.", "",
              "| model | decode tok/s | vs genai INT4 | vs PyTorch fp32 | prefill tok/s | weights MB | "
              "WikiText-2 ppl | delta |",
@@ -292,6 +294,7 @@ def main() -> None:
         console.print("[dim]exporting (lmforge) and building (onnxruntime-genai) ...[/dim]")
         results["build_s"] = prepare(work)
         results["sizes_mb"] = {"lmforge onnx fp32": folder_bytes(work / "lmforge-fp32") / 1e6,
+                               "lmforge onnx int8": folder_bytes(work / "lmforge-int8") / 1e6,
                                "lmforge onnx int4": folder_bytes(work / "lmforge-int4") / 1e6,
                                "onnxruntime-genai int4": folder_bytes(work / "genai-int4") / 1e6}
         console.print("[dim]measuring speed of each model in turn ...[/dim]")
