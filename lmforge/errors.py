@@ -10,4 +10,8 @@ class ModelError(LmforgeError):
 
 
 class RequestError(LmforgeError, ValueError):
-    """A generation request or its parameters are invalid."""
+    """A generation request or its parameters are invalid; `param` names the culprit when known."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -13,6 +13,30 @@ import torch
 from lmforge.errors import RequestError
 
 
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model, with the most likely alternatives at its place."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, alternatives: int) -> list[TokenLogprob]:
+    """logits [N, V] and the tokens [N] that followed: their log-probabilities under the raw model."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, tokens[:, None].long())[:, 0].tolist()
+    if alternatives:
+        values, ids = logprobs.topk(alternatives, dim=-1)
+        top = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        top = [()] * len(chosen)
+    return [TokenLogprob(int(t), lp, alt) for t, lp, alt in zip(tokens.tolist(), chosen, top)]
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its tokens and when it stops."""
@@ -43,10 +67,14 @@ class SamplingParams:
     """Strings that end generation; the text is cut before them."""
     stop_token_ids: tuple[int, ...] = ()
     """Token ids that end generation (besides the model's end-of-sequence tokens)."""
+    logprobs: int | None = None
+    """Report each new token's log-probability and this many most likely alternatives (0-20)."""
+    prompt_logprobs: bool = False
+    """Also score the prompt's tokens (with `logprobs` alternatives each)."""
 
     def __post_init__(self):
         def bad(name, why):
-            raise RequestError(f"invalid {name}={getattr(self, name)!r}: {why}")
+            raise RequestError(f"invalid {name}={getattr(self, name)!r}: {why}", param=name)
 
         if not 0 <= self.temperature <= 100:
             bad("temperature", "must be between 0 and 100")
@@ -71,6 +99,8 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if any(not s for s in self.stop):
             bad("stop", "stop strings must not be empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            bad("logprobs", f"must be between 0 and {MAX_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:
@@ -96,9 +126,9 @@ class SamplingParams:
                     values[key] = (raw,)
                 elif key == "stop_token_ids":
                     values[key] = tuple(int(x) for x in raw.split(";"))
-                elif key == "ignore_eos":
+                elif key in ("ignore_eos", "prompt_logprobs"):
                     values[key] = raw.strip().lower() in ("1", "true", "yes")
-                elif key in ("top_k", "max_tokens", "min_tokens", "seed"):
+                elif key in ("top_k", "max_tokens", "min_tokens", "seed", "logprobs"):
                     values[key] = int(raw)
                 else:
                     values[key] = float(raw)

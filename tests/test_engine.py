@@ -102,3 +102,32 @@ def test_abort_frees_the_slot(engine):
     assert engine.cache.used_slots == 1
     stream.close()
     assert engine.cache.used_slots == 0 and not engine.has_unfinished()
+
+
+def test_logprobs_of_new_and_prompt_tokens_match_one_full_forward(embedded):
+    """Chunked prefill (chunks of 5) and decoding report what one forward pass over everything says."""
+    import torch
+
+    from lmforge.engine import Engine
+
+    engine = Engine(embedded.model, embedded.tokenizer, max_batch=2, max_seq_len=64, prefill_chunk=5)
+    prompt = embedded.tokenizer.encode("The quick brown fox jumps over the lazy dog because")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=3, prompt_logprobs=True)
+    streamed = [lp for out in engine.stream(prompt, params) for lp in out.logprobs]
+    done = engine.generate([prompt], params)[0]
+    sequence = prompt + done.token_ids
+    with torch.no_grad():
+        logits = embedded.model(torch.tensor([sequence]), torch.arange(len(sequence))[None])[0]
+    expected = torch.log_softmax(logits, dim=-1)
+    assert done.prompt_logprobs[0] is None and len(done.prompt_logprobs) == len(prompt)
+    for i, lp in enumerate(done.prompt_logprobs[1:], start=1):
+        assert lp.token_id == prompt[i] and abs(lp.logprob - expected[i - 1, prompt[i]].item()) < 1e-3
+        assert len(lp.top) == 3 and lp.top[0][1] >= lp.top[1][1] >= lp.top[2][1]
+    for j, lp in enumerate(done.logprobs):
+        row = expected[len(prompt) - 1 + j]
+        assert lp.token_id == done.token_ids[j] and abs(lp.logprob - row[lp.token_id].item()) < 1e-3
+        assert lp.top[0][0] == lp.token_id  # greedy picks the most likely token
+    assert [lp.token_id for lp in streamed] == done.token_ids
+    assert engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2))[0].logprobs is None
+    with pytest.raises(RequestError, match="logprobs"):
+        SamplingParams(logprobs=21)

@@ -16,7 +16,7 @@ import torch
 from lmforge.engine.scheduler import Scheduler, StepPlan
 from lmforge.errors import RequestError
 from lmforge.kv_cache import KVCache
-from lmforge.sampling import BatchSampler, SamplingParams
+from lmforge.sampling import BatchSampler, SamplingParams, TokenLogprob, token_logprobs
 from lmforge.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
@@ -32,6 +32,8 @@ class Completion:
     ttft_s: float
     tpot_s: float
     elapsed_s: float
+    logprobs: list[TokenLogprob] | None = None  # one per output token, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # None for the first prompt token
 
     @property
     def prompt_tokens(self) -> int:
@@ -59,6 +61,7 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None = None
     completion: Completion | None = None  # set on the last output of a request
+    logprobs: list[TokenLogprob] | None = None  # for new_token_ids, when the request asked
 
 
 @dataclass
@@ -76,6 +79,8 @@ class _Request:
     first_token_time: float | None = None
     finish_time: float | None = None
     stop_string_hit: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def history(self) -> list[int]:
@@ -100,19 +105,19 @@ class Engine:
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
-            raise RequestError("the prompt is empty")
+            raise RequestError("the prompt is empty", param="prompt")
         vocab = self.model.config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
-            raise RequestError(f"prompt token ids must be in [0, {vocab})")
+            raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return ids
 
     def check_fits(self, prompt_length: int, params: SamplingParams) -> None:
         if prompt_length >= self.max_seq_len:
             raise RequestError(f"the prompt has {prompt_length} tokens; the context window is "
-                               f"{self.max_seq_len} tokens")
+                               f"{self.max_seq_len} tokens", param="prompt")
         if prompt_length + params.max_tokens > self.max_seq_len:
             raise RequestError(f"prompt ({prompt_length} tokens) + max_tokens ({params.max_tokens}) "
-                               f"exceeds the context window of {self.max_seq_len} tokens")
+                               f"exceeds the context window of {self.max_seq_len} tokens", param="max_tokens")
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
@@ -159,8 +164,22 @@ class Engine:
         tokens = self.sampler(
             logits, [r.params for r in requests], rows, [r.history for r in requests],
             [len(r.prompt_ids) for r in requests], [self._banned(r) for r in requests])
+        scored = self._score(logits, tokens, requests)
         now = time.perf_counter()
-        return [self._append(request, int(token), now) for request, token in zip(requests, tokens)]
+        return [self._append(request, int(token), now, scored.get(i))
+                for i, (request, token) in enumerate(zip(requests, tokens))]
+
+    @staticmethod
+    def _score(logits: torch.Tensor, tokens: torch.Tensor, requests: list[_Request]) -> dict[int, TokenLogprob]:
+        """Log-probabilities of the sampled tokens, for the rows whose request asked for them."""
+        rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        if not rows:
+            return {}
+        alternatives = max(requests[i].params.logprobs for i in rows)
+        index = torch.tensor(rows)
+        found = token_logprobs(logits[index], tokens[index], alternatives)
+        return {row: TokenLogprob(lp.token_id, lp.logprob, lp.top[: requests[row].params.logprobs])
+                for row, lp in zip(rows, found)}
 
     @torch.inference_mode()
     def _forward(self, plan: StepPlan) -> tuple[list[str], torch.Tensor | None]:
@@ -178,20 +197,40 @@ class Engine:
             request = self._requests[chunk.request_id]
             tokens = torch.tensor([request.prompt_ids[chunk.start:chunk.start + chunk.length]])
             positions = torch.arange(chunk.start, chunk.start + chunk.length)[None]
-            logits = self.model(tokens, positions, self.cache.view([request.slot], positions), last_only=True)
+            score_prompt = request.params.prompt_logprobs
+            logits = self.model(tokens, positions, self.cache.view([request.slot], positions),
+                                last_only=not score_prompt)
+            if score_prompt:
+                self._score_prompt(request, chunk.start, logits[0])
+                logits = logits[:, -1:]
             if chunk.completes_prompt:
                 parts.append(logits[:, -1])
                 rows.append(chunk.request_id)
         return rows, (None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts))
+
+    @staticmethod
+    def _score_prompt(request: _Request, start: int, logits: torch.Tensor) -> None:
+        """Log-probabilities of prompt tokens start+1.. from the logits of positions start.. ."""
+        if request.prompt_logprobs is None:
+            request.prompt_logprobs = [None]  # nothing predicts the first token
+        following = request.prompt_ids[start + 1:start + 1 + logits.shape[0]]
+        if following:
+            request.prompt_logprobs += token_logprobs(logits[:len(following)], torch.tensor(following),
+                                                      request.params.logprobs or 0)
 
     def _banned(self, request: _Request) -> tuple[int, ...]:
         if len(request.output_ids) < request.params.min_tokens:
             return tuple(self.eos_token_ids | set(request.params.stop_token_ids))
         return ()
 
-    def _append(self, request: _Request, token: int, now: float) -> RequestOutput:
+    def _append(self, request: _Request, token: int, now: float,
+                logprob: TokenLogprob | None = None) -> RequestOutput:
         params = request.params
         request.output_ids.append(token)
+        if logprob is not None:
+            if request.logprobs is None:
+                request.logprobs = []
+            request.logprobs.append(logprob)
         if request.first_token_time is None:
             request.first_token_time = now
         stop_token = token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos)
@@ -216,7 +255,8 @@ class Engine:
             self._release(request)
             del self._requests[request.request_id]
             completion = self._completion(request)
-        return RequestOutput(request.request_id, [token], delta, finished, request.finish_reason, completion)
+        return RequestOutput(request.request_id, [token], delta, finished, request.finish_reason, completion,
+                             [logprob] if logprob is not None else None)
 
     def _apply_stop_strings(self, request: _Request) -> bool:
         """Cut the text before the first stop string; True when one was found."""
@@ -253,7 +293,8 @@ class Engine:
         elapsed = r.finish_time - r.arrival
         decode_steps = len(r.output_ids) - 1
         tpot = (r.finish_time - r.first_token_time) / decode_steps if decode_steps > 0 else 0.0
-        return Completion(r.request_id, r.prompt_ids, list(r.output_ids), r.text, r.finish_reason, ttft, tpot, elapsed)
+        return Completion(r.request_id, r.prompt_ids, list(r.output_ids), r.text, r.finish_reason, ttft, tpot, elapsed,
+                          r.logprobs, r.prompt_logprobs)
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  use_cache: bool = True) -> list[Completion]:

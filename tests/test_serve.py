@@ -1,0 +1,210 @@
+"""A real `lmforge serve` process on 127.0.0.1, driven by the official openai client and by httpx."""
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+MODEL = "smollm2-135m"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "serve", "--port", str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("the server did not become healthy")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+
+def test_openai_chat_streaming_and_not(client):
+    answer = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
+    assert "Paris" in answer.choices[0].message.content and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 10
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == answer.usage.total_tokens
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_openai_completions_n_seed_stop_logprobs_and_echo(client):
+    out = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2, seed=7,
+                                    temperature=1.0, extra_body={"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1})
+    again = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2, seed=7,
+                                      temperature=1.0, extra_body={"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1})
+    assert [c.text for c in out.choices] == [c.text for c in again.choices] and len(out.choices) == 2
+    stopped = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=30, temperature=0, stop=["7"])
+    assert "7" not in stopped.choices[0].text and stopped.choices[0].finish_reason == "stop"
+    scored = client.completions.create(model=MODEL, prompt="The capital of France is Paris", max_tokens=1,
+                                       temperature=0, echo=True, logprobs=2)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text.startswith("The capital of France is Paris")
+    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
+    assert "".join(lp.tokens).startswith("The capital of France is Paris") and len(lp.top_logprobs[1]) == 2
+    streamed = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=8, temperature=0, stream=True)
+    plain = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=8, temperature=0)
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+    extra = client.completions.create(model=MODEL, prompt="Hi", max_tokens=5, temperature=0,
+                                      extra_body={"ignore_eos": True, "min_tokens": 5})
+    assert extra.usage.completion_tokens == 5
+
+
+def test_seed_generate_contract(server):
+    body = httpx.post(server.url + "/generate", json={"prompt": "The capital of France is", "max_tokens": 8,
+                                                      "temperature": 0}, timeout=60).json()
+    assert body["completion_tokens"] == 8 and body["ttft_ms"] > 0 and body["tpot_ms"] > 0 and "Paris" in body["text"]
+    with httpx.stream("POST", server.url + "/generate", json={"prompt": "The capital of France is", "max_tokens": 8,
+                                                              "temperature": 0, "stream": True}, timeout=60) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    final = json.loads(events[-2])
+    assert "".join(json.loads(e)["text"] for e in events[:-2]) == body["text"] and final["finish_reason"] == "length"
+
+
+def test_concurrent_greedy_requests_match_one_by_one(server):
+    prompts = [f"Question {i}: name a colour and a fruit." for i in range(8)]
+
+    def body(p):
+        return {"model": MODEL, "prompt": p, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+
+    alone = [httpx.post(server.url + "/v1/completions", json=body(p), timeout=120).json()["choices"][0]["text"]
+             for p in prompts[:3]]
+
+    async def together():
+        async with httpx.AsyncClient(timeout=120) as c:
+            replies = await asyncio.gather(*(c.post(server.url + "/v1/completions", json=body(p)) for p in prompts))
+        return [r.json()["choices"][0]["text"] for r in replies]
+
+    assert (asyncio.run(together()))[:3] == alone
+
+
+def test_a_client_that_disconnects_frees_its_slot(server):
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                      json={"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 2000,
+                            "ignore_eos": True, "stream": True}) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert httpx.get(server.url + "/health").json()["running"] == 1
+    deadline = time.time() + 10
+    while httpx.get(server.url + "/health").json()["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+    assert "lmforge_kv_cache_slots_used 0.0" in httpx.get(server.url + "/metrics").text
+
+
+@pytest.mark.parametrize("payload,param", [
+    ({"prompt": "x", "temperature": -1}, "temperature"), ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 10 ** 6}, "max_tokens"), ({"prompt": "x", "n": 99}, "n"),
+    ({"prompt": "x", "logprobs": 50}, "logprobs"), ({"prompt": "x", "seed": -3}, "seed"),
+    ({"prompt": "x", "min_tokens": 20, "max_tokens": 5}, "min_tokens"), ({"prompt": "x", "stop": [""]}, "stop"),
+    ({"prompt": [999999]}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "x", "repetition_penalty": 0}, None),
+    ({}, "prompt"), ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+])
+def test_out_of_range_parameters_are_400_naming_them(server, payload, param):
+    r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, **payload}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param:
+        assert error["param"] == param or error["param"].startswith(param), error
+
+
+def test_other_client_errors(server):
+    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=10,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "gpt-9", "messages": QUESTION})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "wizard"}]})
+    assert r.status_code == 400
+    assert httpx.get(server.url + "/nowhere").status_code == 404
+    tokens = httpx.post(server.url + "/tokenize", json={"prompt": "Hello world"}).json()["tokens"]
+    assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}).json()["prompt"] == "Hello world"
+    assert httpx.post(server.url + "/detokenize", json={"tokens": [-1]}).status_code == 400
+
+
+def test_queue_limit_rate_limit_and_keys():
+    server = Server("--max-batch", "1", "--max-queue", "1", "--api-key", "sesame", "--rate-limit", "6/min")
+    try:
+        url = server.url + "/v1/completions"
+        body = {"model": MODEL, "prompt": "Count to one hundred:", "max_tokens": 60, "ignore_eos": True}
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = {"Authorization": "Bearer sesame"}
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=120, headers=good) as c:
+                return await asyncio.gather(*(c.post(url, json=body) for _ in range(4)))
+
+        statuses = [r.status_code for r in asyncio.run(burst())]
+        assert statuses.count(200) >= 2 and set(statuses) <= {200, 429}, statuses
+        full = [r for r in asyncio.run(burst()) if r.status_code == 429]
+        assert full and all(int(r.headers["Retry-After"]) >= 1 for r in full)
+        codes = {r.json()["error"]["code"] for r in full}
+        assert codes <= {"queue_full", "rate_limit_exceeded"} and "rate_limit_exceeded" in codes
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'lmforge_requests_rejected_total{reason="queue_full"}' in metrics
+        assert 'lmforge_requests_rejected_total{reason="unauthorized"} 2.0' in metrics
+    finally:
+        server.stop()
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits():
+    server = Server("--drain-timeout", "60")
+    with httpx.stream("POST", server.url + "/generate", timeout=120,
+                      json={"prompt": "Write a poem.", "max_tokens": 40, "ignore_eos": True, "stream": True}) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        server.proc.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["completion_tokens"] == 40 and first
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/health")
