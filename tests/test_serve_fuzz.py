@@ -41,4 +41,4 @@ def test_no_generated_request_makes_the_server_fail(fuzzed_server, mode):
     if mode == GenerationMode.NEGATIVE:
         assert any(400 <= s < 500 for s in seen)
     else:
-        assert seen.count(200) >= 15  # valid requests got answers, not just rejections
+        assert seen.count(200) >= 5  # some schema-valid requests got answers, not only 4xx
