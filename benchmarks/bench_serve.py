@@ -95,6 +95,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "lmforge.cli", "serve", "--port", str(port), "--max-batch", str(args.concurrency)]
     if args.backend:
         command += ["--backend", args.backend]
+    if args.dtype:
+        command += ["--dtype", args.dtype]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=4, help="requests in the single-stream phase (4)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--backend", default=None, choices=["torch", "onnxruntime"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="server compute dtype (bfloat16: the faster one for batches on AMX CPUs)")
     parser.add_argument("--out", default=str(HERE / "out" / "bench_serve.json"))
     args = parser.parse_args()
 
@@ -132,13 +136,13 @@ def main() -> None:
                ("TTFT p99 < 2 s", f"{1e3 * many['ttft_p99_s']:.0f} ms", many["ttft_p99_s"] < 2),
                ("no failed requests", str(single["failed"] + many["failed"]), single["failed"] + many["failed"] == 0)]
     results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "backend": args.backend or "torch", "new_tokens": args.tokens, "single": single, "concurrent": many,
+               "backend": args.backend or "torch", "dtype": args.dtype, "new_tokens": args.tokens, "single": single, "concurrent": many,
                "speedup": speedup, "targets": targets}
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"lmforge serve ({results['backend']}), greedy, {args.tokens} new tokens, "
+    table = Table(title=f"lmforge serve ({results['backend']}, {args.dtype}), greedy, {args.tokens} new tokens, "
                         f"~{many['prompt_tokens_mean']:.0f}-token prompts")
     for col in ("streams", "requests", "output tok/s", "vs single", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
                 "failed"):
@@ -155,7 +159,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    lines = [f"Measured {results['date']} on {results['machine']}; backend {results['backend']}; reference: the same "
+    lines = [f"Measured {results['date']} on {results['machine']}; backend {results['backend']}, {args.dtype}; reference: the same "
              f"server's single-stream decode in the same run. Greedy, {args.tokens} new tokens, streaming, "
              f"~{many['prompt_tokens_mean']:.0f}-token prompts, closed loop.", "",
              "| streams | requests | output tok/s | vs single | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | failed |",
@@ -166,8 +170,8 @@ def main() -> None:
                      f"{1e3 * r['ttft_p99_s']:.0f} | {1e3 * r['tpot_p50_s']:.1f} | {r['failed']} |")
     lines += ["", "| target | measured | met |", "| --- | ---: | --- |"]
     lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets]
-    replace_section(f"bench_serve_{results['backend']}", lines,
-                    f"## Serving ({results['backend']} backend, `benchmarks/bench_serve.py`)\n\n"
+    replace_section(f"bench_serve_{results['backend']}_{args.dtype}", lines,
+                    f"## Serving ({results['backend']} backend, {args.dtype}, `benchmarks/bench_serve.py`)\n\n"
                     "Concurrent streams against the same server's single stream, measured in the same run.")
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger("lmforge.serve")
 class ServerSettings:
     model: str | None = None
     backend: str | None = None
+    dtype: str | None = None
     served_model_name: str | None = None
     max_batch: int = 8
     max_queue: int = 64
@@ -144,7 +145,7 @@ def create_app(settings: ServerSettings, load: Callable | None = None) -> FastAP
     if load is None:
         def load():
             import lmforge
-            return lmforge.load(settings.model, backend=settings.backend)
+            return lmforge.load(settings.model, settings.dtype, backend=settings.backend)
     state = ServerState(settings, load)
 
     @asynccontextmanager
