@@ -27,15 +27,17 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "serve", "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 180
+        self.health_seen = []  # statuses of /health while starting
+        deadline = time.time() + 300
         while time.time() < deadline:
             assert self.proc.poll() is None, self.proc.stdout.read()
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                self.health_seen.append(httpx.get(self.url + "/health", timeout=2).status_code)
+                if self.health_seen[-1] == 200:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError("the server did not become healthy")
 
     def stop(self):
@@ -71,6 +73,25 @@ def test_openai_chat_streaming_and_not(client):
     assert text == answer.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == answer.usage.total_tokens
     assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_health_is_503_while_loading_and_identical_requests_come_from_the_cache(server):
+    assert 503 in server.health_seen and server.health_seen[-1] == 200
+
+    def hits():
+        metrics = httpx.get(server.url + "/metrics").text
+        return float(next(line.split()[-1] for line in metrics.splitlines()
+                          if line.startswith("lmforge_response_cache_hits_total")))
+
+    body = {"model": MODEL, "prompt": "Cache me if you can.", "max_tokens": 6, "temperature": 0}
+    before = hits()
+    first = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    second = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    assert hits() == before + 1 and first["choices"][0]["text"] == second["choices"][0]["text"]
+    sampled = {**body, "temperature": 0.9}  # not deterministic: never cached
+    httpx.post(server.url + "/v1/completions", json=sampled, timeout=60)
+    httpx.post(server.url + "/v1/completions", json=sampled, timeout=60)
+    assert hits() == before + 1
 
 
 def test_openai_completions_n_seed_stop_logprobs_and_echo(client):
@@ -170,8 +191,9 @@ def test_other_client_errors(server):
     assert httpx.post(server.url + "/detokenize", json={"tokens": [-1]}).status_code == 400
 
 
-def test_queue_limit_rate_limit_and_keys():
-    server = Server("--max-batch", "1", "--max-queue", "1", "--api-key", "sesame", "--rate-limit", "6/min")
+def test_queue_limit_degradation_rate_limit_and_keys():
+    server = Server("--max-batch", "1", "--max-queue", "2", "--api-key", "sesame", "--rate-limit", "6/min",
+                    "--degrade-max-tokens", "10")
     try:
         url = server.url + "/v1/completions"
         body = {"model": MODEL, "prompt": "Count to one hundred:", "max_tokens": 60, "ignore_eos": True}
@@ -179,19 +201,28 @@ def test_queue_limit_rate_limit_and_keys():
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         good = {"Authorization": "Bearer sesame"}
 
-        async def burst():
+        async def burst(stagger: float):
             async with httpx.AsyncClient(timeout=120, headers=good) as c:
-                return await asyncio.gather(*(c.post(url, json=body) for _ in range(4)))
+                async def send(i):
+                    await asyncio.sleep(i * stagger)
+                    return await c.post(url, json=body)
+                return await asyncio.gather(*(send(i) for i in range(4)))
 
-        statuses = [r.status_code for r in asyncio.run(burst())]
-        assert statuses.count(200) >= 2 and set(statuses) <= {200, 429}, statuses
-        full = [r for r in asyncio.run(burst()) if r.status_code == 429]
-        assert full and all(int(r.headers["Retry-After"]) >= 1 for r in full)
-        codes = {r.json()["error"]["code"] for r in full}
-        assert codes <= {"queue_full", "rate_limit_exceeded"} and "rate_limit_exceeded" in codes
+        # One request runs (one slot), the next waits; the third finds the queue half full and has its
+        # max_tokens capped (and is told so); the fourth finds it full: 429 with Retry-After.
+        first = asyncio.run(burst(0.3))
+        assert [r.status_code for r in first] == [200, 200, 200, 429], [r.text for r in first]
+        assert [("x-lmforge-degraded" in r.headers) for r in first[:3]] == [False, False, True]
+        assert first[2].json()["usage"]["completion_tokens"] == 10
+        assert first[3].json()["error"]["code"] == "queue_full" and int(first[3].headers["Retry-After"]) >= 1
+        # Six requests a minute per key: two more get through, then 429s with Retry-After.
+        second = asyncio.run(burst(0.0))
+        limited = [r for r in second if r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"]
+        assert len(limited) >= 2 and all(int(r.headers["Retry-After"]) >= 1 for r in limited)
         metrics = httpx.get(server.url + "/metrics").text
         assert 'lmforge_requests_rejected_total{reason="queue_full"}' in metrics
         assert 'lmforge_requests_rejected_total{reason="unauthorized"} 2.0' in metrics
+        assert "lmforge_requests_degraded_total 1.0" in metrics
     finally:
         server.stop()
 
@@ -208,3 +239,20 @@ def test_sigterm_finishes_the_request_in_flight_then_exits():
     assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/health")
+
+
+def test_timeouts_and_the_onnxruntime_backend():
+    server = Server("--backend", "onnxruntime", "--request-timeout", "2")
+    try:
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                       json={"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 20})
+        assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
+        r = httpx.post(server.url + "/generate", timeout=60,
+                       json={"prompt": "Tell me everything.", "max_tokens": 4000, "ignore_eos": True})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        deadline = time.time() + 10
+        while httpx.get(server.url + "/health").json()["running"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(server.url + "/health").json()["running"] == 0  # the timed-out request was aborted
+    finally:
+        server.stop()

@@ -224,7 +224,8 @@ def create_app(settings: ServerSettings, load: Callable | None = None) -> FastAP
         """max_tokens after the overload policy: (tokens, degraded)."""
         room = state.engine.engine.max_seq_len - prompt_length
         tokens = requested if requested is not None else max(1, room)
-        overloaded = state.engine.num_waiting >= settings.degrade_at * settings.max_queue
+        waiting = state.engine.num_waiting
+        overloaded = settings.degrade_at * settings.max_queue <= waiting < settings.max_queue  # full: a 429 follows
         if overloaded and tokens > settings.degrade_max_tokens:
             state.metrics.degraded.inc()
             return settings.degrade_max_tokens, True
