@@ -192,8 +192,8 @@ def test_other_client_errors(server):
 
 
 def test_queue_limit_degradation_rate_limit_and_keys():
-    server = Server("--max-batch", "1", "--max-queue", "2", "--api-key", "sesame", "--rate-limit", "6/min",
-                    "--degrade-max-tokens", "10")
+    server = Server("--max-batch", "1", "--max-queue", "2", "--api-key", "sesame", "--api-key", "other",
+                    "--rate-limit", "6/min", "--degrade-max-tokens", "10")
     try:
         url = server.url + "/v1/completions"
         body = {"model": MODEL, "prompt": "Count to one hundred:", "max_tokens": 60, "ignore_eos": True}
@@ -201,12 +201,12 @@ def test_queue_limit_degradation_rate_limit_and_keys():
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         good = {"Authorization": "Bearer sesame"}
 
-        async def burst(stagger: float):
-            async with httpx.AsyncClient(timeout=120, headers=good) as c:
+        async def burst(stagger: float, count: int = 4, headers=good, payload=body):
+            async with httpx.AsyncClient(timeout=120, headers=headers) as c:
                 async def send(i):
                     await asyncio.sleep(i * stagger)
-                    return await c.post(url, json=body)
-                return await asyncio.gather(*(send(i) for i in range(4)))
+                    return await c.post(url, json=payload)
+                return await asyncio.gather(*(send(i) for i in range(count)))
 
         # One request runs (one slot), the next waits; the third finds the queue half full and has its
         # max_tokens capped (and is told so); the fourth finds it full: 429 with Retry-After.
@@ -215,10 +215,10 @@ def test_queue_limit_degradation_rate_limit_and_keys():
         assert [("x-lmforge-degraded" in r.headers) for r in first[:3]] == [False, False, True]
         assert first[2].json()["usage"]["completion_tokens"] == 10
         assert first[3].json()["error"]["code"] == "queue_full" and int(first[3].headers["Retry-After"]) >= 1
-        # Six requests a minute per key: two more get through, then 429s with Retry-After.
-        second = asyncio.run(burst(0.0))
+        # Six requests a minute per key: another key's burst of 8 gets 2 rate-limit 429s with Retry-After.
+        second = asyncio.run(burst(0.0, 8, {"Authorization": "Bearer other"}, {**body, "max_tokens": 1}))
         limited = [r for r in second if r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"]
-        assert len(limited) >= 2 and all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+        assert len(limited) == 2 and all(int(r.headers["Retry-After"]) >= 1 for r in limited)
         metrics = httpx.get(server.url + "/metrics").text
         assert 'lmforge_requests_rejected_total{reason="queue_full"}' in metrics
         assert 'lmforge_requests_rejected_total{reason="unauthorized"} 2.0' in metrics
