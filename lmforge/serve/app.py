@@ -137,8 +137,9 @@ async def _merged(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # no task is inside a stream any more
         for stream in streams:
-            await stream.aclose()
+            await stream.aclose()  # aborts requests still running (their clients left)
 
 
 def create_app(settings: ServerSettings, load: Callable | None = None) -> FastAPI:
