@@ -825,7 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None, help="context per sequence (default: the model's)")
     p.add_argument("--prefill-chunk", type=int, default=256,
                    help="prompt tokens prefilled per step, in total (256): bounds the stall of running streams")
-    p.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable; none: open)")
+    p.add_argument("--api-key", action="extend", nargs="+", default=[], metavar="KEY",
+                   help="accepted API keys (--api-key K1 K2, or repeated; none: open)")
     p.add_argument("--rate-limit", default=None, help="requests per API key (or client), e.g. 60/min")
     p.add_argument("--request-timeout", type=float, default=600, help="seconds before a request is aborted (600)")
     p.add_argument("--degrade-max-tokens", type=int, default=256,
