@@ -12,13 +12,21 @@ from typing import Iterator
 from lmforge.errors import ModelError
 
 
+def require_free_folder(out: str | Path) -> Path:
+    """`out` as a Path, if it is free to become a new folder (missing, or an empty folder).
+
+    Callers with long work before writing check first, so they fail before the work."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelError(f"{out}: exists and is not an empty folder (it is a file, or not empty); choose a new one, "
+                         "nothing was written")
+    return out
+
+
 @contextlib.contextmanager
 def new_folder(out: str | Path) -> Iterator[Path]:
     """Yield a work folder that becomes `out` when the block succeeds; refuse a non-empty `out`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ModelError(f"{out}: exists and is not empty (or is not a folder); choose a new one "
-                         "(nothing was overwritten)")
+    out = require_free_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     umask = os.umask(0)

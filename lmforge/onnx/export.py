@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from lmforge.atomic import new_folder
+from lmforge.atomic import new_folder, require_free_folder
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError, ModelError
 from lmforge.loading import Checkpoint, load_checkpoint
@@ -69,10 +69,7 @@ def export_onnx(model: str | os.PathLike | None, out: str | os.PathLike, precisi
                            f"(the fused operators need ONNX Runtime's contrib domain beside it)")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise LmforgeError(f"--accuracy-level must be 0..4, got {accuracy_level}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LmforgeError(f"{out}: exists and is not empty (or is not a folder); choose a new one "
-                         "(nothing was overwritten)")
+    out = require_free_folder(out)
     checkpoint = load_checkpoint(model, cache_dir)
     precision = resolve_precision(checkpoint, precision)
     if checkpoint.quantization is not None and checkpoint.quantization[0].activation_granularity is not None:

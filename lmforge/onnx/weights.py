@@ -128,17 +128,13 @@ class LayerSource:
         self.quantization = checkpoint.quantization
         self.precision = precision
         if checkpoint.quantization is not None:
-            recipe, body, head = checkpoint.quantization
-            self.body_spec, self.head_spec = body, head
-            self.recipe = recipe
+            _, self.body_spec, self.head_spec = checkpoint.quantization
         elif precision == "fp32":
             self.body_spec = self.head_spec = None
-            self.recipe = None
         else:
             bits = 4 if precision == "int4" else 8
             self.body_spec = QuantSpec(bits, symmetric, PER_GROUP if bits == 4 else "channel", group_size)
             self.head_spec = QuantSpec(8, True, "channel")  # an INT4 head costs too much quality
-            self.recipe = None
 
     def _dense(self, names: list[str], bias: bool) -> DenseWeight:
         w = torch.cat([self.tensors[n + ".weight"].float() for n in names])
@@ -146,14 +142,13 @@ class LayerSource:
         return DenseWeight(w, b)
 
     def layer(self, names: list[str], bias: bool, head: bool = False) -> DenseWeight | NBitsWeight:
-        from lmforge.quant.serialize import read_quantized
+        from lmforge.quant.serialize import read_fused
 
         spec = self.head_spec if head else self.body_spec
         stored = all(f"{n}.weight_shape" in self.tensors for n in names)
         if self.quantization is not None and stored:
-            qw = QuantizedWeight.concat_rows([read_quantized(self.tensors, n, spec) for n in names])
-            b = torch.cat([self.tensors[n + ".bias"].float() for n in names]) if bias else None
-            return to_nbits(qw, b)
+            qw, b = read_fused(self.tensors, names, spec, bias)
+            return to_nbits(qw, None if b is None else b.float())
         dense = self._dense(names, bias)
         if spec is None or self.quantization is not None:
             return dense  # float in the checkpoint: stays float

@@ -269,15 +269,13 @@ def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, 
                             dtype: torch.dtype, act_dtype: torch.dtype | None = None):
     """For Transformer.from_hf_tensors: the layer for HF weights `names` of a saved quantized model
     (float parts in `dtype`; `act_dtype` for the integer layers' activations, see make_layer)."""
-    from lmforge.quant.serialize import read_quantized
+    from lmforge.quant.serialize import read_fused
 
     def make(names: list[str], bias: bool) -> nn.Module:
         if not all(f"{n}.weight_shape" in tensors for n in names):  # left in float
             return dense_layer(tensors, names, bias, dtype)
-        biases = torch.cat([tensors[n + ".bias"] for n in names]) if bias else None
         head = names == ["lm_head"]
-        spec = head_spec if head else body_spec
-        qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
+        qw, biases = read_fused(tensors, names, head_spec if head else body_spec, bias)
         tied = head and "model.embed_tokens.weight" not in tensors  # the head holds the embedding
         return make_layer(qw, biases, recipe, head, tied, act_dtype)
 

@@ -107,6 +107,12 @@ def read_quantized(tensors, name: str, spec: QuantSpec) -> QuantizedWeight:
     return QuantizedWeight(q.to(spec.storage_dtype()), scale, zero, spec, g_idx)
 
 
+def read_fused(tensors, names: list[str], spec: QuantSpec, bias: bool) -> tuple[QuantizedWeight, torch.Tensor | None]:
+    """The weights `names` (q|k|v, gate|up) stacked by rows as one QuantizedWeight, with their biases."""
+    qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
+    return qw, (torch.cat([tensors[n + ".bias"] for n in names]) if bias else None)
+
+
 # --- naming -----------------------------------------------------------------------------------
 
 def hf_names(config: ModelConfig, fused: str) -> list[tuple[str, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmforge.atomic import require_free_folder
 from lmforge.errors import LmforgeError
 from lmforge.quant.apply import QuantizationReport, quantize_model
 from lmforge.quant.calibration import calibration_batch, read_calibration_text
@@ -40,9 +41,7 @@ def quantize_to_folder(model: str | Path | None, recipe: QuantRecipe, out: str |
     """Quantize a model and save it; returns (LoadedModel now quantized, report, folder)."""
     import lmforge
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LmforgeError(f"{out}: exists and is not an empty folder; nothing was written")
+    out = require_free_folder(out)
     lm = lmforge.load(model, "float32")
     float_bytes = weight_bytes(lm.model)
     report = quantize_loaded(lm, recipe, calibration_file, show_progress)
