@@ -99,3 +99,13 @@ def _load_onnx(model, dtype, cache_dir: Path | None) -> LoadedModel:
     decoder = OnnxDecoder(model_file, config)
     tokenizer = Tokenizer.from_dir(folder, config.eos_token_ids)
     return LoadedModel(name, config, decoder, tokenizer, None, "onnxruntime")
+
+
+def load_tokenizer(model: str | os.PathLike | None = None, cache_dir: Path | None = None) -> Tokenizer:
+    """A model's tokenizer without building the model."""
+    from lmforge.onnx.export import exported_config, is_onnx_export
+
+    if is_onnx_export(model):
+        return Tokenizer.from_dir(Path(model), exported_config(Path(model)).eos_token_ids)
+    checkpoint = load_checkpoint(model, cache_dir)
+    return Tokenizer.from_dir(checkpoint.tokenizer_dir, checkpoint.config.eos_token_ids)

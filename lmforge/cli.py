@@ -890,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=float, default=None, help="also show a model of this many parameters (6e9)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_formats)
+
+    from lmforge.cli_measure import add_commands
+    add_commands(sub)
     return parser
 
 

@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 T = TypeVar("T")
-_console = Console(stderr=True)
+console = Console(stderr=True)  # progress goes to stderr
 
 
 def progress_iter(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     items = list(items) if total is None and not hasattr(items, "__len__") else items
     total = total if total is not None else len(items)  # type: ignore[arg-type]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=_console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
@@ -25,5 +25,5 @@ def progress_iter(items: Iterable[T], description: str, total: int | None = None
 
 @contextmanager
 def status(message: str):
-    with _console.status(message):
+    with console.status(message):
         yield

@@ -256,3 +256,26 @@ def test_timeouts_and_the_onnxruntime_backend():
         assert httpx.get(server.url + "/health").json()["running"] == 0  # the timed-out request was aborted
     finally:
         server.stop()
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_the_load_generator_against_lmforge_serve(server):
+    from lmforge.bench.loadgen import LoadSpec, closed_loop
+    from lmforge.bench.records import summarize
+
+    before = _metric(server.url, "lmforge_generation_tokens_total")
+    spec = LoadSpec(server.url, MODEL, ["Tell me about rivers.", "Name three colours.", "Count to five.", "Say hello."], max_tokens=8,
+                    endpoint="chat", ignore_eos=True)
+    records, wall = asyncio.run(closed_loop(spec, concurrency=2, num_requests=4))
+    s = summarize(records, wall)
+    assert s["completed"] == 4 and s["output_tokens"] == 32
+    assert _metric(server.url, "lmforge_generation_tokens_total") - before == 32  # the server counted the same
+    for r in records:
+        assert 0 < r.ttft_s < r.e2e_s and r.prompt_tokens > 5 and len(r.chunk_times_s) <= 8
+        assert r.tpot_s == pytest.approx((r.e2e_s - r.ttft_s) / 7)

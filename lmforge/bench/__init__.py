@@ -1,0 +1,1 @@
+"""Measuring a deployment: load generation against a server, offline speed, resource sampling."""
