@@ -41,6 +41,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     checkpoint: Checkpoint | None  # None for an ONNX export
     backend: str = "torch"
+    precision: str | None = None  # an ONNX export's weight precision (fp32, int8, int4)
 
     def engine(self, **kwargs) -> Engine:
         return Engine(self.model, self.tokenizer, **kwargs)
@@ -90,15 +91,17 @@ def _load_onnx(model, dtype, cache_dir: Path | None) -> LoadedModel:
                            "leave --dtype unset")
     if is_onnx_file(model):  # a bare decoder file: its config and tokenizer must sit beside it
         model_file, folder, name = Path(model), Path(model).parent, Path(model).parent.resolve().name
+        precision = None
     else:
         folder = Path(model) if is_onnx_export(model) else cached_export(model, cache_dir or default_cache_dir())
-        model_file, name = folder / MODEL_FILE, read_manifest(folder).get("name", folder.name)
+        manifest = read_manifest(folder)
+        model_file, name, precision = folder / MODEL_FILE, manifest.get("name", folder.name), manifest.get("precision")
     if not (folder / "config.json").is_file():
         raise LmforgeError(f"{model_file}: an ONNX decoder needs the model's config.json beside it")
     config = exported_config(folder)
     decoder = OnnxDecoder(model_file, config)
     tokenizer = Tokenizer.from_dir(folder, config.eos_token_ids)
-    return LoadedModel(name, config, decoder, tokenizer, None, "onnxruntime")
+    return LoadedModel(name, config, decoder, tokenizer, None, "onnxruntime", precision)
 
 
 def load_tokenizer(model: str | os.PathLike | None = None, cache_dir: Path | None = None) -> Tokenizer:

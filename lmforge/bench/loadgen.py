@@ -145,18 +145,22 @@ async def send_one(client: httpx.AsyncClient, spec: LoadSpec, index: int, run_st
     return record
 
 
-def check_reachable(url: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
-    """Fail early and clearly when nothing answers at the URL."""
+def check_reachable(url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
+    """Fail early and clearly when nothing answers at the URL; the model ids it lists (maybe none)."""
     base = url.rstrip("/").removesuffix("/v1")
     try:
-        httpx.get(base + "/v1/models", timeout=timeout_s,
-                  headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        response = httpx.get(base + "/v1/models", timeout=timeout_s,
+                             headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     except httpx.ConnectError as e:
         raise LmforgeError(f"cannot reach {base}: {e}") from None
     except httpx.TimeoutException:
         raise LmforgeError(f"{base} did not answer within {timeout_s:g} s") from None
     except httpx.HTTPError as e:
         raise LmforgeError(f"cannot talk to {base}: {e}") from None
+    try:
+        return [m["id"] for m in response.json()["data"]] if response.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        return []
 
 
 async def closed_loop(spec: LoadSpec, concurrency: int, num_requests: int, first_index: int = 0,

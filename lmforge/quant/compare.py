@@ -101,22 +101,6 @@ def build_variant(model, name: str, calibration_file, work_dir: Path):
     return lm, weights_file_bytes(folder), seconds
 
 
-def measure_speed(lm, prompt_tokens: int = 256, decode_tokens: int = 64, repeats: int = 3) -> dict:
-    """Prefill and decode speed of the engine (greedy), medians after a warm-up run."""
-    from lmforge import SamplingParams
-
-    engine = lm.engine(max_batch=1, max_seq_len=prompt_tokens + decode_tokens + 8)
-    prompt = torch.randint(100, lm.config.vocab_size - 100, (prompt_tokens,),
-                           generator=torch.Generator().manual_seed(0)).tolist()
-    params = SamplingParams(temperature=0, max_tokens=decode_tokens, ignore_eos=True)
-    engine.generate([prompt], params)  # warm-up
-    runs = sorted((engine.generate([prompt], params)[0] for _ in range(repeats)), key=lambda c: c.tpot_s)
-    median = runs[len(runs) // 2]
-    ttft = sorted(c.ttft_s for c in runs)[len(runs) // 2]
-    return {"prefill_tokens_per_s": prompt_tokens / ttft, "ttft_s": ttft, "tpot_s": median.tpot_s,
-            "decode_tokens_per_s": 1 / median.tpot_s}
-
-
 def answers(lm, prompts, max_tokens: int = 48) -> list[str]:
     from lmforge import SamplingParams
 
@@ -131,6 +115,7 @@ def compare(model, variants: list[str], text_ids: list[int] | None, prompts=DEFA
             on_result=None, prompt_tokens: int = 256, decode_tokens: int = 64) -> list[VariantResult]:
     """Build, measure and score each variant; quality is judged against the float32 model."""
     import lmforge
+    from lmforge.bench.offline import measure_speed
     from lmforge.evaluate import evaluate
     from lmforge.quant.workflow import weight_bytes
 

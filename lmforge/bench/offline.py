@@ -1,0 +1,68 @@
+"""`lmforge bench offline`: the engine's own speed on one model variant, without a server.
+
+Prefill (TTFT of a long prompt), decode (TPOT after it), peak memory; next to what a device
+profile predicts for the same model, precision and backend."""
+
+from __future__ import annotations
+
+import resource
+from datetime import datetime, timezone
+
+import torch
+
+from lmforge.bench.serve_bench import machine
+
+KIND = "offline-bench"
+
+
+def measure_speed(lm, prompt_tokens: int = 256, decode_tokens: int = 64, repeats: int = 3) -> dict:
+    """Prefill and decode speed of the engine (greedy), medians after a warm-up run."""
+    from lmforge import SamplingParams
+
+    if prompt_tokens < 1 or decode_tokens < 2 or repeats < 1:
+        raise ValueError("prompt tokens >= 1, decode tokens >= 2 and repeats >= 1")
+    engine = lm.engine(max_batch=1, max_seq_len=prompt_tokens + decode_tokens + 8)
+    prompt = torch.randint(100, lm.config.vocab_size - 100, (prompt_tokens,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    params = SamplingParams(temperature=0, max_tokens=decode_tokens, ignore_eos=True)
+    engine.generate([prompt], params)  # warm-up
+    runs = sorted((engine.generate([prompt], params)[0] for _ in range(repeats)), key=lambda c: c.tpot_s)
+    median = runs[len(runs) // 2]
+    ttft = sorted(c.ttft_s for c in runs)[len(runs) // 2]
+    return {"prefill_tokens_per_s": prompt_tokens / ttft, "ttft_s": ttft, "tpot_s": median.tpot_s,
+            "decode_tokens_per_s": 1 / median.tpot_s}
+
+
+def peak_memory_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def variant_precision(lm) -> str:
+    """fp32 / bf16 / int8 / int4 of a loaded model, as its backend runs it."""
+    if lm.backend == "onnxruntime":
+        return lm.precision or "fp32"
+    if lm.checkpoint is not None and lm.checkpoint.quantization is not None:
+        return f"int{lm.checkpoint.quantization[0].bits}"
+    dtype = next(lm.model.parameters()).dtype
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def run_offline_bench(lm, prompt_tokens: int = 512, decode_tokens: int = 128, repeats: int = 3,
+                      profile=None, label: str | None = None, weight_bytes: int | None = None) -> dict:
+    from lmforge.device.predict import predict, relative_error
+
+    speed = measure_speed(lm, prompt_tokens, decode_tokens, repeats)
+    precision = variant_precision(lm)
+    result = {"kind": KIND, "label": label or f"{lm.name} {lm.backend} {precision}",
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "model": lm.name, "backend": lm.backend, "precision": precision, "prompt_tokens": prompt_tokens,
+              "decode_tokens": decode_tokens, "repeats": repeats, **speed,
+              "peak_memory_bytes": peak_memory_bytes(), "weight_bytes": weight_bytes, "threads": torch.get_num_threads()}
+    if profile is not None and precision in ("fp32", "bf16", "int8", "int4"):
+        # decode runs after the prompt: on average prompt + half the new tokens are in the cache
+        p = predict(lm.config, profile, precision, lm.backend, context=prompt_tokens + decode_tokens // 2,
+                    prefill_tokens=prompt_tokens)
+        result["prediction"] = {"profile": profile.name, **p.to_dict(),
+                                "decode_error": relative_error(p.decode_tokens_per_s, speed["decode_tokens_per_s"]),
+                                "prefill_error": relative_error(p.prefill_tokens_per_s, speed["prefill_tokens_per_s"])}
+    return result

@@ -1,0 +1,1 @@
+"""`lmforge deploy`: inspect, plan, choose a precision, quantize, export, evaluate, benchmark, report."""

@@ -1,0 +1,1 @@
+"""Device profiles (memory, bandwidth, compute), measuring this machine's, and speed predictions."""

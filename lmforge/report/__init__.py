@@ -1,0 +1,1 @@
+"""`lmforge report`: results of benchmarks and deploys as one HTML page (and Markdown) with plots."""
