@@ -121,24 +121,24 @@ def load_variant(model, backend: str, precision: str):
     from lmforge.quant.workflow import weight_bytes
 
     if precision in OFFLINE_RECIPES:
-        from lmforge.quant.recipe import QuantRecipe
-        from lmforge.quant.workflow import quantize_loaded
+        import tempfile
 
-        lm = lmforge.load(model, "float32")
-        if lm.checkpoint.quantization is None:
-            quantize_loaded(lm, QuantRecipe(*OFFLINE_RECIPES[precision]), show_progress=False)
-            lm = _with_compute_dtype(lm)
+        from lmforge.quant.recipe import QuantRecipe
+        from lmforge.quant.workflow import quantize_to_folder
+
+        from lmforge.loading import load_checkpoint
+
+        if load_checkpoint(model).quantization is not None:
+            lm = lmforge.load(model)  # already quantized: run it as it is
+            return lm, weight_bytes(lm.model)
+        with tempfile.TemporaryDirectory(prefix="lmforge-offline-") as scratch:
+            # saved and loaded again, so it runs exactly as a quantized folder does
+            _, _, folder = quantize_to_folder(model, QuantRecipe(*OFFLINE_RECIPES[precision]), Path(scratch) / "q",
+                                              show_progress=False)
+            lm = lmforge.load(folder)
         return lm, weight_bytes(lm.model)
     lm = lmforge.load(model, {"fp32": "float32", "bf16": "bfloat16"}[precision])
     return lm, weight_bytes(lm.model)
-
-
-def _with_compute_dtype(lm):
-    """Quantized layers run fastest with bfloat16 activations; the rest of the model follows."""
-    import torch
-
-    lm.model.to(torch.bfloat16)
-    return lm
 
 
 def _file_bytes(folder: Path, model_file: str) -> int:
@@ -195,8 +195,10 @@ def cmd_probe(args) -> int:
     from lmforge.device.profile import save_profile
     from lmforge.progress import console
 
+    sizes = {"rows": (256, 1024, 4096), "stream_bytes": 48 * 2**20} if args.quick else {}
+    repeats = min(args.repeats, 2) if args.quick else args.repeats
     with console.status("probing") as spinner:
-        profile = probe(args.name, args.repeats, on_step=lambda s: spinner.update(f"probing: {s}"))
+        profile = probe(args.name, repeats, on_step=lambda s: spinner.update(f"probing: {s}"), **sizes)
     if args.out:
         save_profile(profile, args.out)
     if args.json:
@@ -356,5 +358,6 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="write the profile (JSON) here")
     p.add_argument("--name", default=None, help="the profile's name (default: this host's)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="smaller matrices, fewer repeats (faster, less faithful)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)

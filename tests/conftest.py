@@ -137,3 +137,10 @@ def write_tiny_gguf(hf_folder: Path, out: Path, ffn_type: str = "Q8_0") -> Path:
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny random llama model as a GGUF file with a byte-level tokenizer: loads, serves, exports."""
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    return write_tiny_gguf(save_tiny_model(folder / "hf", "llama"), folder / "tiny.gguf")

@@ -51,7 +51,8 @@ class SLO:
 
 
 def meets(key: str, value: float, limit: float) -> bool:
-    return value <= limit if KEYS[key][1] else value >= limit
+    """Strictly inside the limit, as the seed writes its checklist (TTFT < 500 ms, TPS > 20)."""
+    return value < limit if KEYS[key][1] else value > limit
 
 
 def format_limit(key: str, value: float) -> str:

@@ -162,7 +162,8 @@ class Deploy:
         return {"summary": f"{precision} ONNX model, {size / 1e6:.0f} MB -> {folder}", "weight_bytes": size}
 
     def _offline(self, model: str | None, backend: str, precision: str, label: str, out: Path) -> dict:
-        prefill, decode = self.s.offline_tokens
+        window = self._config().max_position_embeddings  # a small model's window bounds the prompt
+        prefill, decode = min(self.s.offline_tokens[0], window // 2), min(self.s.offline_tokens[1], window // 4)
         command = [sys.executable, "-m", "lmforge.cli", "bench", "offline", *([model] if model else []),
                    "--backend", backend, "--precision", precision, "--prompt-tokens", str(prefill),
                    "--decode-tokens", str(decode), "--device", str(self.results / "device.json"),

@@ -60,13 +60,13 @@ def copy_bandwidth(repeats: int = 5) -> float:
     return src.numel() * 4 / _best(lambda: dst.copy_(src), repeats)
 
 
-def _torch_rates(precision: str, repeats: int) -> KernelRates:
+def _torch_rates(precision: str, repeats: int, rows_list=ROWS, stream_bytes=STREAM_BYTES) -> KernelRates:
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     stream = []
-    for rows in ROWS:
+    for rows in rows_list:
         size = rows * K * bytes_per_weight("torch", precision)
-        weights = [torch.randn(rows, K, generator=gen).to(dtype) for _ in range(max(4, int(STREAM_BYTES // size)))]
+        weights = [torch.randn(rows, K, generator=gen).to(dtype) for _ in range(max(4, int(stream_bytes // size)))]
         x = torch.randn(1, K, generator=gen).to(dtype)
 
         def run():
@@ -78,7 +78,7 @@ def _torch_rates(precision: str, repeats: int) -> KernelRates:
         del weights
     curve = []
     a = torch.randn(PREFILL_ROWS, K, generator=gen).to(dtype)
-    for rows in ROWS:
+    for rows in rows_list:
         b = torch.randn(rows, K, generator=gen).to(dtype)
         with torch.inference_mode():
             seconds = _best(lambda: torch.nn.functional.linear(a, b), repeats)
@@ -90,9 +90,9 @@ BATCH_ROWS = (1, 2, 4, 8)
 BATCH_MATRIX = 1536  # output width of the batch-cost probe (a decoder layer's size)
 
 
-def batch_costs(backend: str, precision: str, repeats: int) -> list[tuple[float, float]]:
+def batch_costs(backend: str, precision: str, repeats: int, stream_bytes=STREAM_BYTES) -> list[tuple[float, float]]:
     """Time of products with 1, 2, 4, 8 input rows, relative to one row (weights streamed from memory)."""
-    count = max(4, int(STREAM_BYTES // (BATCH_MATRIX * K * bytes_per_weight(backend, precision))))
+    count = max(4, int(stream_bytes // (BATCH_MATRIX * K * bytes_per_weight(backend, precision))))
     times = {}
     if backend == "torch":
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -112,7 +112,6 @@ def batch_costs(backend: str, precision: str, repeats: int) -> list[tuple[float,
 
 def _ort_graph(precision: str, rows: int, count: int, m: int):
     """`count` independent products of one input x [m, K] with [K, rows] weights, as one ONNX graph."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -135,7 +134,7 @@ def _ort_graph(precision: str, rows: int, count: int, m: int):
                               outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
-    return model.SerializeToString() if model.ByteSize() < 2**31 - 2**20 else onnx._serialize(model)
+    return model.SerializeToString()
 
 
 def _ort_session(model_bytes: bytes):
@@ -146,11 +145,11 @@ def _ort_session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def _ort_rates(precision: str, repeats: int) -> KernelRates:
+def _ort_rates(precision: str, repeats: int, rows_list=ROWS, stream_bytes=STREAM_BYTES) -> KernelRates:
     stream = []
-    for rows in ROWS:
+    for rows in rows_list:
         size = rows * K * bytes_per_weight("onnxruntime", precision)
-        count = max(4, int(STREAM_BYTES // size))
+        count = max(4, int(stream_bytes // size))
         if rows * K * 4 * count > 1.8 * 2**30:  # a protobuf holds at most 2 GB
             count = max(4, int(1.8 * 2**30 // (rows * K * 4)))
         session = _ort_session(_ort_graph(precision, rows, count, 1))
@@ -159,7 +158,7 @@ def _ort_rates(precision: str, repeats: int) -> KernelRates:
         del session
     curve = []
     x = np.random.default_rng(1).standard_normal((PREFILL_ROWS, K), dtype=np.float32)
-    for rows in ROWS:
+    for rows in rows_list:
         session = _ort_session(_ort_graph(precision, rows, 1, PREFILL_ROWS))
         seconds = _best(lambda: session.run(None, {"x": x}), repeats)
         curve.append((rows * K * bytes_per_weight("onnxruntime", precision), 2 * PREFILL_ROWS * K * rows / seconds))
@@ -229,11 +228,13 @@ def step_overheads(backend: str, precision: str) -> tuple[float, float]:
     return max(0.0, few_s - few * per_layer), per_layer
 
 
-def probe(name: str | None = None, repeats: int = 5, on_step=None) -> DeviceProfile:
-    """Measure this machine (about a minute on 2 cores)."""
-    steps = [("memory bandwidth", None), *[(f"{b} {p}", (b, p)) for b, p in KERNELS]]
+def probe(name: str | None = None, repeats: int = 5, on_step=None, kernels=KERNELS, rows=ROWS,
+          stream_bytes: int = STREAM_BYTES) -> DeviceProfile:
+    """Measure this machine (one to two minutes on 2 cores). kernels, rows, stream_bytes: what to
+    measure and how big (smaller is faster and less faithful)."""
+    steps = [("memory bandwidth", None), *[(f"{b} {p}", (b, p)) for b, p in kernels]]
     measured_bandwidth = None
-    kernels: dict[str, KernelRates] = {}
+    measured: dict[str, KernelRates] = {}
     for label, kernel in steps:
         if on_step:
             on_step(label)
@@ -241,19 +242,20 @@ def probe(name: str | None = None, repeats: int = 5, on_step=None) -> DeviceProf
             measured_bandwidth = copy_bandwidth(repeats)
         else:
             backend, precision = kernel
-            rates = _torch_rates(precision, repeats) if backend == "torch" else _ort_rates(precision, repeats)
+            measure = _torch_rates if backend == "torch" else _ort_rates
+            rates = measure(precision, repeats, rows, stream_bytes)
             rates.step_s, rates.layer_s = step_overheads(backend, precision)
-            rates.batch_cost = batch_costs(backend, precision, repeats)
-            kernels[f"{backend}/{precision}"] = rates
+            rates.batch_cost = batch_costs(backend, precision, repeats, stream_bytes)
+            measured[f"{backend}/{precision}"] = rates
     compute: dict[str, float] = {}
-    for key, rates in kernels.items():
+    for key, rates in measured.items():
         precision = key.split("/")[1]
         compute[precision] = max(compute.get(precision, 0.0), rates.compute or 0.0)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     compute["attention"] = attention_rate(repeats)
     return DeviceProfile(
         name=name or f"{platform.node() or 'this-machine'}-cpu", memory_bytes=psutil.virtual_memory().total,
-        memory_bandwidth=measured_bandwidth, compute=compute, kernels=kernels,
+        memory_bandwidth=measured_bandwidth, compute=compute, kernels=measured,
         description=f"measured by lmforge probe on {machine}",
         measured={"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
                   "torch_threads": torch.get_num_threads(), "repeats": repeats})
