@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from rich.table import Table
@@ -69,7 +68,11 @@ def cmd_bench_serve(args) -> int:
     else:
         from lmforge.api import load_tokenizer
 
-        count = args.num_requests or 64
+        from lmforge.bench.serve_bench import level_requests
+
+        # one prompt per request (warm-up included): repeated greedy prompts could be served from a cache
+        count = sum(level_requests("concurrency" if concurrencies else "rate", concurrencies or rates,
+                                   args.num_requests)) + args.warmup
         prompts = random_prompts(load_tokenizer(args.tokenizer), count, args.prompt_tokens, args.seed)
         source = f"random, {args.prompt_tokens} tokens ({args.tokenizer or 'smollm2-135m'} tokenizer)"
     spec = LoadSpec(args.url, args.model, prompts, args.max_tokens, args.endpoint, args.temperature,
@@ -108,16 +111,16 @@ def load_variant(model, backend: str, precision: str):
     onnxruntime: exported once into the cache at fp32/int8/int4 (an export folder runs as it is)."""
     import lmforge
     from lmforge.loading import default_cache_dir
-    from lmforge.onnx.export import MODEL_FILE, cached_export, is_onnx_export
+    from lmforge.onnx.export import cached_export, export_bytes, is_onnx_export
 
     if is_onnx_export(model):
         lm = lmforge.load(model)
-        return lm, _file_bytes(Path(model), MODEL_FILE)
+        return lm, export_bytes(Path(model))
     if backend == "onnxruntime":
         if precision == "bf16":
             raise LmforgeError("the onnxruntime backend runs fp32, int8 or int4; bf16 runs on --backend torch")
         folder = cached_export(model, default_cache_dir(), precision)
-        return lmforge.load(folder), _file_bytes(folder, MODEL_FILE)
+        return lmforge.load(folder), export_bytes(folder)
     from lmforge.quant.workflow import weight_bytes
 
     if precision in OFFLINE_RECIPES:
@@ -139,10 +142,6 @@ def load_variant(model, backend: str, precision: str):
         return lm, weight_bytes(lm.model)
     lm = lmforge.load(model, {"fp32": "float32", "bf16": "bfloat16"}[precision])
     return lm, weight_bytes(lm.model)
-
-
-def _file_bytes(folder: Path, model_file: str) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(model_file))
 
 
 def print_offline(out, result: dict) -> None:

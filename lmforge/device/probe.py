@@ -75,7 +75,6 @@ def _torch_rates(precision: str, repeats: int, rows_list=ROWS, stream_bytes=STRE
 
         with torch.inference_mode():
             stream.append((size, size * len(weights) / _best(run, repeats)))
-        del weights
     curve = []
     a = torch.randn(PREFILL_ROWS, K, generator=gen).to(dtype)
     for rows in rows_list:

@@ -125,6 +125,11 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def export_bytes(folder: Path) -> int:
+    """Bytes of an export's graph and weights (model.onnx and its external data)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.name.startswith(MODEL_FILE))
+
+
 def exported_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_json_file(folder / "config.json")
 

@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.quant.recipe import QuantRecipe

@@ -13,6 +13,9 @@ their `act_dtype` and their output back.
 
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -187,6 +190,37 @@ class Int4Linear(_QuantLinear):
         return self._finish(y, x)
 
 
+@functools.lru_cache(maxsize=1)
+def int8_products_are_fast() -> bool:
+    """Whether this CPU multiplies int8 matrices at least half as fast as float32 ones.
+
+    `torch._int_mm` is fast with VNNI/AMX; on CPUs without them (AVX2 only) it falls back to a
+    path ~100x slower than a float32 product, so the same integer arithmetic is better done there
+    as a float32 product of the integer values. Measured once, on first use."""
+    a = torch.randint(-127, 128, (256, 512), dtype=torch.int8)
+    b = torch.randint(-127, 128, (512, 512), dtype=torch.int8)
+    af, bf = a.float(), b.float()
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(lambda: torch._int_mm(a, b)) <= 2 * best(lambda: af @ bf)
+
+
+def int8_matmul(xq: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [K, N] -> float32, summed exactly in int32 (VNNI/AMX) or, where integer
+    products are slow, as float32 products of the same integers (exact while sums stay below 2^24)."""
+    if int8_products_are_fast():
+        return torch._int_mm(xq, q_t).float()
+    return xq.float() @ q_t.float()
+
+
 class W8A8Linear(_QuantLinear):
     """INT8 weights (per channel or tensor, symmetric) x INT8 activations quantized on the fly.
 
@@ -228,7 +262,7 @@ class W8A8Linear(_QuantLinear):
         else:
             x_scale = regular.abs().amax().clamp_min(1e-8).reshape(1, 1) / 127
         xq = torch.round(regular / x_scale).clamp_(-127, 127).to(torch.int8)
-        y = torch._int_mm(xq, self.q.t()).float() * x_scale * self.scale
+        y = int8_matmul(xq, self.q.t()) * x_scale * self.scale
         if outliers.numel():
             w_cols = self.q.index_select(1, outliers).float() * self.scale[:, None]
             y = y + x2.index_select(1, outliers) @ w_cols.t()

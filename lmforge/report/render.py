@@ -42,8 +42,9 @@ def checklist_rows(results: Results, slo: SLO, device_memory: int | None = None)
                               ttft_s=s["ttft_s"]["p50"], tpot_s=s["tpot_s"]["p50"] if s["tpot_s"] else None,
                               e2e_s=s["e2e_s"]["p50"], utilization=r.get("cpu_utilization_mean"),
                               memory_fraction=_memory_fraction(level, device_memory))
-            unit = "clients" if run["mode"] == "concurrency" else "req/s"
-            rows.append((f"{run['label']}, {level['value']:g} {unit}", lines))
+            load = (f"{level['value']:g} concurrent clients" if run["mode"] == "concurrency"
+                    else f"{level['value']:g} requests/s")
+            rows.append((f"{run['label']}, {load}", lines))
     return rows
 
 
