@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from lmforge.bench.slo import SEED_DEFAULTS
 from lmforge.errors import LmforgeError
 
 
@@ -228,7 +229,7 @@ def print_profile(out, profile) -> None:
 
 
 def cmd_report(args) -> int:
-    from lmforge.bench.slo import SEED_DEFAULTS, parse_slo
+    from lmforge.bench.slo import parse_slo
     from lmforge.cli import out
     from lmforge.device.profile import load_profile
     from lmforge.report.render import write_report
@@ -339,7 +340,7 @@ def add_commands(sub) -> None:
     p.add_argument("model", nargs="?", default=None, help="model (default: the embedded smollm2-135m)")
     p.add_argument("--device", default=None, help="device profile (file or shipped name, e.g. accelerator-8gb); "
                                                    "default: probe this machine")
-    p.add_argument("--slo", default="ttft=500ms,tps=20,utilization=70%,memory=80%",
+    p.add_argument("--slo", default=SEED_DEFAULTS,
                    help="objectives (default: the seed's checklist ttft=500ms,tps=20,utilization=70%%,memory=80%%)")
     p.add_argument("--out", default="deploy", help="output folder (default: ./deploy); rerun to resume")
     p.add_argument("--concurrency", default="1,2,4", help="load levels of the served benchmark (1,2,4)")
