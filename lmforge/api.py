@@ -71,7 +71,8 @@ def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None
         torch_dtype = compute_dtype(recipe) if dtype is None else _as_dtype(dtype)
         factory = quantized_layer_factory(checkpoint.tensors, recipe, body_spec, head_spec, torch_dtype,
                                           None if dtype is None else torch_dtype)
-        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype, factory)
+        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype, factory,
+                                          activation_dtype=torch_dtype)  # the integer kernels' own
     else:
         torch_dtype = torch.float32 if dtype is None else _as_dtype(dtype)
         net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
+from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, half_products_are_slow, onednn_packing_works
 from lmforge.errors import ModelError
 
 
@@ -56,8 +57,13 @@ class RMSNorm(nn.Module):
 class DenseLinear(nn.Module):
     """y = x W^T + b with the weight in the layout the CPU kernels read fastest.
 
-    float32 keeps W^T ([in, out]): MKL's GEMV reads it ~1.4x faster (2x for the vocabulary
-    projection). bfloat16 keeps W ([out, in]), the only layout with a fast bf16 kernel.
+    Layouts: "plain" keeps W ([out, in]), the only layout with a fast bfloat16 kernel; an input
+    in another dtype (the float32 activations of a bfloat16 model) is cast to W's and back, and
+    where half-precision arithmetic is emulated (AVX2) a many-row product converts W to float32.
+    "transposed" keeps W^T ([in, out]) for float32: MKL's one-row product reads it ~1.4x faster.
+    "packed" is oneDNN's prepacked float32 weight (`pack_()`): as fast for one row, 2-3x faster
+    for a few rows (batched decode) and ~1.3x for prompts. A packed weight cannot be indexed,
+    so the tied embedding's table (the output layer) stays transposed.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
@@ -65,29 +71,69 @@ class DenseLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.transposed = False
+        self.layout = "plain"
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DenseLinear":
         layer = cls(weight.shape[1], weight.shape[0], bias is not None)
-        layer.transposed = weight.dtype == torch.float32
-        layer.weight = nn.Parameter(weight.t().contiguous() if layer.transposed else weight, requires_grad=False)
         layer.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        layer.replace_weight(weight)
         return layer
 
+    def replace_weight(self, weight: torch.Tensor) -> None:
+        """Store W ([out, in]) in this layer's layout (float32 plain becomes transposed)."""
+        if self.layout == "packed" and weight.dtype == torch.float32:
+            stored = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 512)
+        elif weight.dtype == torch.float32:
+            self.layout, stored = "transposed", weight.t().contiguous()
+        else:
+            self.layout, stored = "plain", weight
+        self.weight = nn.Parameter(stored, requires_grad=False)
+
+    def pack_(self) -> bool:
+        """Switch a float32 weight to oneDNN's packed layout where this build has it."""
+        if self.weight.dtype != torch.float32 or self.layout == "packed" or not onednn_packing_works():
+            return False
+        weight = self.dense_weight()
+        self.layout = "packed"
+        self.replace_weight(weight)
+        return True
+
     def dense_weight(self) -> torch.Tensor:
-        """W as [out, in] (a view when stored transposed)."""
-        return self.weight.t() if self.transposed else self.weight
+        """W as [out, in]: a view of the stored weight, except a copy for the packed layout
+        (change weights through `replace_weight`)."""
+        if self.layout == "packed":
+            return self.weight.to_dense()
+        return self.weight.t() if self.layout == "transposed" else self.weight
+
+    def _plain_product(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if (weight.dtype != torch.float32 and x.numel() >= HALF_PRODUCT_MIN_ROWS_TO_CONVERT * self.in_features
+                and half_products_are_slow(weight.dtype)):
+            y = F.linear(x.float(), weight.float(), bias.float() if bias is not None else None)
+            return y.to(x.dtype)
+        if x.dtype == weight.dtype:
+            return F.linear(x, weight, bias)
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
     def embedding(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of W: the table of a tied input embedding."""
+        if self.layout == "packed":
+            raise ModelError("a packed output layer cannot serve as the embedding table")
         return F.embedding(tokens, self.dense_weight()).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transposed:
-            return F.linear(x, self.weight, self.bias)
+        if self.layout == "packed":
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        if self.layout == "plain":
+            return self._plain_product(x)
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Pack every float32 DenseLinear inside `module`; returns how many were packed."""
+    return sum(layer.pack_() for layer in module.modules() if isinstance(layer, DenseLinear))
 
 
 def dense_layer(tensors, names: list[str], bias: bool, dtype: torch.dtype) -> DenseLinear:
@@ -117,9 +163,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)
         dtype = q.dtype
-        if dtype != torch.float32:
-            # CPU attention kernels are several times faster in float32 than in bfloat16.
-            q, k, v = q.float(), k.float(), v.float()
+        # CPU attention kernels are several times faster in float32 than in bfloat16.
+        q, k, v = q.float(), k.float(), v.float()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                              enable_gqa=kv_heads != heads)
         return self.wo(out.to(dtype).transpose(1, 2).reshape(batch, length, -1))
@@ -162,15 +207,22 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.output = DenseLinear(config.hidden_size, config.vocab_size)
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+        self.weight_dtype = torch.float32
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the model's float weights were loaded in (its precision)."""
+        return self.weight_dtype
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype of the residual stream, norms and attention (the norms' weights)."""
         return self.norm.weight.dtype
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embed is not None:
-            return self.embed(tokens)
-        return self.output.embedding(tokens, self.dtype)
+            return self.embed(tokens).to(self.activation_dtype)
+        return self.output.embedding(tokens, self.activation_dtype)
 
     def attention_mask(self, positions, cache):
         """Boolean [B, 1, T, S] mask, or (None, is_causal) when SDPA needs none."""
@@ -218,16 +270,23 @@ class Transformer(nn.Module):
     # --- weights -----------------------------------------------------------------------------
     @classmethod
     def from_hf_tensors(cls, config: ModelConfig, tensors: dict[str, torch.Tensor],
-                        dtype: torch.dtype = torch.float32, linear_factory=None) -> "Transformer":
+                        dtype: torch.dtype = torch.float32, linear_factory=None,
+                        activation_dtype: torch.dtype = torch.float32) -> "Transformer":
         """Build the model from tensors with Hugging Face names (q/k/v and gate/up are fused).
 
         `linear_factory(names, bias)` builds the layer that stands for the weights `names` stacked
-        by rows (a quantized checkpoint passes its own); the default reads dense `.weight`s."""
+        by rows (a quantized checkpoint passes its own); the default reads dense `.weight`s.
+        Weights are kept in `dtype`; everything between the products runs in `activation_dtype`:
+        float32 by default, because CPUs without bfloat16 arithmetic run the many small norm,
+        rotation and attention kernels of a bfloat16 model faster and more exactly in float32."""
         with torch.device("meta"):
             model = cls(config)
 
         def get(name):
             return tensors[name].to(dtype)
+
+        def norm_weight(name):
+            return nn.Parameter(tensors[name].to(activation_dtype), requires_grad=False)
 
         make = linear_factory or (lambda names, bias: dense_layer(tensors, names, bias, dtype))
 
@@ -239,14 +298,16 @@ class Transformer(nn.Module):
         head = "lm_head" if not config.tie_word_embeddings or "model.embed_tokens.weight" not in tensors \
             else "model.embed_tokens"
         model.output = linear(head)
-        model.norm.weight = nn.Parameter(get("model.norm.weight"), requires_grad=False)
+        model.norm.weight = norm_weight("model.norm.weight")
         for i, block in enumerate(model.layers):
             p = f"model.layers.{i}."
-            block.attention_norm.weight = nn.Parameter(get(p + "input_layernorm.weight"), requires_grad=False)
-            block.ffn_norm.weight = nn.Parameter(get(p + "post_attention_layernorm.weight"), requires_grad=False)
+            block.attention_norm.weight = norm_weight(p + "input_layernorm.weight")
+            block.ffn_norm.weight = norm_weight(p + "post_attention_layernorm.weight")
             block.attention.wqkv = linear(*(p + f"self_attn.{n}_proj" for n in "qkv"), bias=config.attention_bias)
             block.attention.wo = linear(p + "self_attn.o_proj")
             block.feed_forward.w13 = linear(p + "mlp.gate_proj", p + "mlp.up_proj")
             block.feed_forward.w2 = linear(p + "mlp.down_proj")
         model.inv_freq = rope_inverse_frequencies(config)
+        model.weight_dtype = dtype
+        pack_linears(model.layers)  # not the output layer: it may be the embedding table
         return model.eval().requires_grad_(False)

@@ -43,6 +43,25 @@ def test_view_writes_each_row_to_its_slot_and_position():
     assert cache.keys[0][0].abs().sum() == 0  # other slots untouched
 
 
+@pytest.mark.parametrize("positions", [[[2, 3, 4]], [[6]], [[1, 4, 2]]], ids=["span", "one", "scattered"])
+def test_single_slot_writes_land_at_their_positions(positions):
+    """One slot at consecutive positions takes the slice path, other positions the scatter;
+    both store each token at its position, converting to the cache's dtype."""
+    cache = KVCache(CONFIG, num_slots=3, max_seq_len=8, dtype=torch.bfloat16)
+    positions = torch.tensor(positions)
+    length = positions.shape[1]
+    k = torch.randn(1, CONFIG.num_kv_heads, length, CONFIG.head_dim)
+    v = torch.randn_like(k)
+    keys, values = cache.view([2], positions).update_and_fetch(1, k, v)
+    for i, position in enumerate(positions[0].tolist()):
+        assert torch.equal(cache.keys[1][2, :, position], k[0, :, i].bfloat16())
+        assert torch.equal(values[0, :, position], v[0, :, i].bfloat16())
+    written = positions[0].tolist()
+    untouched = [p for p in range(8) if p not in written]
+    assert cache.keys[1][2, :, untouched].abs().sum() == 0 and cache.keys[1][:2].abs().sum() == 0
+    assert keys.shape[2] == max(written) + 1
+
+
 def test_view_rejects_positions_past_capacity():
     cache = KVCache(CONFIG, num_slots=1, max_seq_len=8)
     with pytest.raises(RequestError):

@@ -88,6 +88,10 @@ def test_bfloat16_model_agrees_with_float32(embedded):
 
     bf16 = lmforge.load("smollm2-135m", "bfloat16")
     assert bf16.model.dtype == torch.bfloat16
+    # bfloat16 weights; norms, residual stream and logits in float32 (see from_hf_tensors)
+    assert bf16.model.layers[0].feed_forward.w2.weight.dtype == torch.bfloat16
+    assert bf16.model.activation_dtype == torch.float32
+    assert bf16.engine(max_batch=1, max_seq_len=16).cache.dtype == torch.bfloat16
     ids = torch.tensor([embedded.tokenizer.encode(" ".join(PROMPTS))])
     positions = torch.arange(ids.shape[1])[None]
     with torch.no_grad():
@@ -97,3 +101,62 @@ def test_bfloat16_model_agrees_with_float32(embedded):
     assert agreement > 0.85
     assert torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True,
                                       reduction="batchmean") < 0.1
+
+
+def test_dense_linear_layouts_compute_the_same_product():
+    """plain (bf16), transposed and oneDNN-packed float32 all give x W^T + b; weights round-trip."""
+    from lmforge.model import DenseLinear, onednn_packing_works
+
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(48, 40, generator=gen), torch.randn(48, generator=gen)
+    x = torch.randn(2, 5, 40, generator=gen)
+    expected = torch.nn.functional.linear(x, weight, bias)
+
+    transposed = DenseLinear.from_weight(weight.clone(), bias)
+    assert transposed.layout == "transposed"
+    packed = DenseLinear.from_weight(weight.clone(), bias)
+    assert packed.pack_() == onednn_packing_works()
+    for layer in (transposed, packed):
+        assert (layer(x) - expected).abs().max() < 1e-4
+        assert torch.equal(layer.dense_weight(), weight)
+    plain = DenseLinear.from_weight(weight.bfloat16(), bias.bfloat16())
+    assert plain.layout == "plain" and not plain.pack_()
+    assert (plain(x.bfloat16()).float() - expected).abs().max() < 0.5
+
+    doubled = weight * 2
+    packed.replace_weight(doubled)  # stays in its layout
+    assert (packed(x) - torch.nn.functional.linear(x, doubled, bias)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_half_weights_multiply_float32_inputs_by_the_kernel_this_cpu_favours(rows):
+    """Few rows: the input is cast to bfloat16 for the half-precision kernel; many rows, where
+    that kernel is emulated (half_products_are_slow), the weight is converted to float32 instead."""
+    from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, half_products_are_slow
+    from lmforge.model import DenseLinear
+
+    gen = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(96, 64, generator=gen).bfloat16(), torch.randn(96, generator=gen).bfloat16()
+    layer = DenseLinear.from_weight(weight, bias)
+    x = torch.randn(rows, 64, generator=gen)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    converts = rows >= HALF_PRODUCT_MIN_ROWS_TO_CONVERT and half_products_are_slow(torch.bfloat16)
+    expected = (torch.nn.functional.linear(x, weight.float(), bias.float()) if converts
+                else torch.nn.functional.linear(x.bfloat16(), weight, bias).float())
+    assert torch.equal(y, expected)
+    assert (y - torch.nn.functional.linear(x, weight.float(), bias.float())).abs().max() < 0.5
+
+
+def test_body_layers_are_packed_but_not_the_tied_output(tmp_path):
+    from lmforge.model import onednn_packing_works
+
+    save_tiny_model(tmp_path, "llama", tie_word_embeddings=True)
+    checkpoint = load_checkpoint(tmp_path)
+    model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors)
+    body = {layer.layout for block in model.layers for layer in
+            (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)}
+    assert body == ({"packed"} if onednn_packing_works() else {"transposed"})
+    assert model.output.layout == "transposed"  # rows are read as the embedding table
+    tokens = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(model.embed_tokens(tokens), checkpoint.tensors["model.embed_tokens.weight"][tokens])

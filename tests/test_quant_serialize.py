@@ -71,7 +71,8 @@ def test_save_and_load_give_identical_logits(tmp_path, architecture, recipe):
     saved_recipe, body_spec, head_spec = loaded.quantization
     assert saved_recipe == recipe
     factory = quantized_layer_factory(loaded.tensors, saved_recipe, body_spec, head_spec, model.dtype)
-    again = Transformer.from_hf_tensors(loaded.config, loaded.tensors, model.dtype, factory)
+    again = Transformer.from_hf_tensors(loaded.config, loaded.tensors, model.dtype, factory,
+                                         activation_dtype=model.activation_dtype)
     tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
     positions = torch.arange(20).expand(2, 20)
     with torch.no_grad():
@@ -108,7 +109,8 @@ def test_a_corrupt_quantized_checkpoint_is_reported(tmp_path):
     loaded = load_checkpoint(out)
     factory = quantized_layer_factory(loaded.tensors, *loaded.quantization, torch.bfloat16)
     with pytest.raises(ModelError, match="k_proj is missing"):
-        Transformer.from_hf_tensors(loaded.config, loaded.tensors, torch.bfloat16, factory)
+        Transformer.from_hf_tensors(loaded.config, loaded.tensors, torch.bfloat16, factory,
+                                    activation_dtype=torch.bfloat16)
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"]["quant_method"] = "bitsandbytes"
     (out / "config.json").write_text(json.dumps(config))

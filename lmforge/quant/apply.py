@@ -122,7 +122,7 @@ class _InputRecorder:
 
 def _scale_input_columns(layer: DenseLinear, scales: torch.Tensor) -> None:
     w = layer.dense_weight()
-    w.mul_(scales.to(w.dtype)[None, :])
+    layer.replace_weight(w * scales.to(w.dtype)[None, :])
 
 
 def _fold_into_norm(norm, scales: torch.Tensor) -> None:
@@ -131,8 +131,9 @@ def _fold_into_norm(norm, scales: torch.Tensor) -> None:
 
 def _fold_into_up_rows(w13: DenseLinear, hidden: int, scales: torch.Tensor) -> None:
     """w2's input is silu(gate) * up: dividing up's rows divides that input channel-wise."""
-    w = w13.dense_weight()
+    w = w13.dense_weight().clone()
     w[hidden:].div_(scales.to(w.dtype)[:, None])
+    w13.replace_weight(w)
 
 
 def _fold_scales(block, recorders: dict[str, _InputRecorder], recipe: QuantRecipe) -> dict[str, str]:
@@ -259,10 +260,13 @@ def _convert_float_parts(model: Transformer, dtype: torch.dtype) -> None:
         if isinstance(module, DenseLinear):  # rebuilt: each dtype has its own fast layout
             parent, _, attr = name.rpartition(".")
             bias = module.bias.to(dtype) if module.bias is not None else None
-            setattr(model.get_submodule(parent), attr,
-                    DenseLinear.from_weight(module.dense_weight().to(dtype).contiguous(), bias))
+            rebuilt = DenseLinear.from_weight(module.dense_weight().to(dtype).contiguous(), bias)
+            if module.layout == "packed":
+                rebuilt.pack_()
+            setattr(model.get_submodule(parent), attr, rebuilt)
         elif isinstance(module, (RMSNorm, nn.Embedding)):
             module.to(dtype)
+    model.weight_dtype = dtype
 
 
 def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, head_spec: QuantSpec | None,

@@ -13,13 +13,12 @@ their `act_dtype` and their output back.
 
 from __future__ import annotations
 
-import functools
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.cpu_kernels import int8_products_are_fast
 from lmforge.errors import LmforgeError
 from lmforge.quant.rtn import PER_GROUP, QuantizedWeight
 
@@ -188,29 +187,6 @@ class Int4Linear(_QuantLinear):
         if y.shape[-1] != self.out_features:
             y = y[:, : self.out_features]
         return self._finish(y, x)
-
-
-@functools.lru_cache(maxsize=1)
-def int8_products_are_fast() -> bool:
-    """Whether this CPU multiplies int8 matrices at least half as fast as float32 ones.
-
-    `torch._int_mm` is fast with VNNI/AMX; on CPUs without them (AVX2 only) it falls back to a
-    path ~100x slower than a float32 product, so the same integer arithmetic is better done there
-    as a float32 product of the integer values. Measured once, on first use."""
-    a = torch.randint(-127, 128, (256, 512), dtype=torch.int8)
-    b = torch.randint(-127, 128, (512, 512), dtype=torch.int8)
-    af, bf = a.float(), b.float()
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(lambda: torch._int_mm(a, b)) <= 2 * best(lambda: af @ bf)
 
 
 def int8_matmul(xq: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
