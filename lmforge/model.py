@@ -228,6 +228,8 @@ class Transformer(nn.Module):
         """Boolean [B, 1, T, S] mask, or (None, is_causal) when SDPA needs none."""
         batch, length = positions.shape
         window = self.config.sliding_window
+        if cache is not None and batch == 1 and length == 1 and (window is None or cache.key_length <= window):
+            return None, False  # one decoding sequence: it sees its whole cache (no tensor work)
         if cache is None:
             key_positions = positions
         else:
@@ -237,8 +239,6 @@ class Transformer(nn.Module):
         short = window is None or key_positions.shape[1] <= window
         if short and contiguous and cache is None and starts_at_zero:
             return None, length > 1
-        if short and cache is not None and batch == 1 and length == 1:
-            return None, False
         if short and cache is not None and batch == 1 and starts_at_zero and contiguous:
             return None, length > 1
         query = positions[:, None, :, None]
