@@ -60,27 +60,38 @@ def copy_bandwidth(repeats: int = 5) -> float:
     return src.numel() * 4 / _best(lambda: dst.copy_(src), repeats)
 
 
+def _engine_layer(weight: torch.Tensor):
+    """The layer the engine builds for `weight` (packed where its model would be), so the probe
+    times the kernels the engine runs, fed float32 activations as the engine feeds them."""
+    from lmforge.model import DenseLinear
+
+    layer = DenseLinear.from_weight(weight)
+    layer.pack_()
+    return layer
+
+
 def _torch_rates(precision: str, repeats: int, rows_list=ROWS, stream_bytes=STREAM_BYTES) -> KernelRates:
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     stream = []
     for rows in rows_list:
         size = rows * K * bytes_per_weight("torch", precision)
-        weights = [torch.randn(rows, K, generator=gen).to(dtype) for _ in range(max(4, int(stream_bytes // size)))]
-        x = torch.randn(1, K, generator=gen).to(dtype)
+        layers = [_engine_layer(torch.randn(rows, K, generator=gen).to(dtype))
+                  for _ in range(max(4, int(stream_bytes // size)))]
+        x = torch.randn(1, K, generator=gen)
 
         def run():
-            for w in weights:
-                torch.nn.functional.linear(x, w)
+            for layer in layers:
+                layer(x)
 
         with torch.inference_mode():
-            stream.append((size, size * len(weights) / _best(run, repeats)))
+            stream.append((size, size * len(layers) / _best(run, repeats)))
     curve = []
-    a = torch.randn(PREFILL_ROWS, K, generator=gen).to(dtype)
+    a = torch.randn(PREFILL_ROWS, K, generator=gen)
     for rows in rows_list:
-        b = torch.randn(rows, K, generator=gen).to(dtype)
+        layer = _engine_layer(torch.randn(rows, K, generator=gen).to(dtype))
         with torch.inference_mode():
-            seconds = _best(lambda: torch.nn.functional.linear(a, b), repeats)
+            seconds = _best(lambda: layer(a), repeats)
         curve.append((rows * K * bytes_per_weight("torch", precision), 2 * PREFILL_ROWS * K * rows / seconds))
     return KernelRates(stream, max(f for _, f in curve), curve)
 
@@ -96,11 +107,11 @@ def batch_costs(backend: str, precision: str, repeats: int, stream_bytes=STREAM_
     if backend == "torch":
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         gen = torch.Generator().manual_seed(0)
-        weights = [torch.randn(BATCH_MATRIX, K, generator=gen).to(dtype) for _ in range(count)]
+        layers = [_engine_layer(torch.randn(BATCH_MATRIX, K, generator=gen).to(dtype)) for _ in range(count)]
         for m in BATCH_ROWS:
-            x = torch.randn(m, K, generator=gen).to(dtype)
+            x = torch.randn(m, K, generator=gen)
             with torch.inference_mode():
-                times[m] = _best(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats)
+                times[m] = _best(lambda: [layer(x) for layer in layers], repeats)
     else:
         for m in BATCH_ROWS:
             session = _ort_session(_ort_graph(precision, BATCH_MATRIX, count, m))
