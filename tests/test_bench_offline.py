@@ -7,7 +7,7 @@ import pytest
 from lmforge.cli import main
 
 
-@pytest.mark.parametrize("backend, precision", [("torch", "fp32"), ("torch", "int8"), ("onnxruntime", "int4")])
+@pytest.mark.parametrize("backend, precision", [("torch", "fp32"), ("torch", "bf16"), ("torch", "int8"), ("onnxruntime", "int4")])
 def test_offline_bench_measures_and_predicts(tiny_gguf, tmp_path, capsys, backend, precision):
     out = tmp_path / "offline.json"
     assert main(["bench", "offline", str(tiny_gguf), "--backend", backend, "--precision", precision,
@@ -41,3 +41,20 @@ def test_bad_input(tiny_gguf, capsys):
     assert "--decode-tokens >= 2" in capsys.readouterr().err
     assert main(["bench", "offline", str(tiny_gguf), "--device", "no-such-device"]) == 1
     assert "no such device profile" in capsys.readouterr().err
+
+
+def test_precision_is_the_weights_dtype_not_the_first_parameters(tmp_path):
+    """A bfloat16 model with tied embeddings has float32 norms first among its parameters."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from conftest import save_tiny_model
+    from lmforge.bench.offline import variant_precision
+    from lmforge.loading import load_checkpoint
+    from lmforge.model import Transformer
+
+    checkpoint = load_checkpoint(save_tiny_model(tmp_path, "llama", tie_word_embeddings=True))
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, dtype)
+        assert variant_precision(SimpleNamespace(backend="torch", checkpoint=None, model=model)) == name

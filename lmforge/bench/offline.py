@@ -43,7 +43,7 @@ def variant_precision(lm) -> str:
         return lm.precision or "fp32"
     if lm.checkpoint is not None and lm.checkpoint.quantization is not None:
         return f"int{lm.checkpoint.quantization[0].bits}"
-    dtype = next(lm.model.parameters()).dtype
+    dtype = lm.model.dtype  # its weights (a bfloat16 model keeps float32 norms)
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
