@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
-from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, half_products_are_slow, onednn_packing_works
+from lmforge.cpu_kernels import (HALF_PRODUCT_MIN_ROWS_TO_CONVERT, fast_half_linear, half_products_are_slow,
+                                 onednn_packing_works)
 from lmforge.errors import ModelError
 
 
@@ -54,12 +55,19 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+def _tracing() -> bool:
+    """Whether the model is being compiled or traced (native kernels are opaque to both)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 class DenseLinear(nn.Module):
     """y = x W^T + b with the weight in the layout the CPU kernels read fastest.
 
-    Layouts: "plain" keeps W ([out, in]), the only layout with a fast bfloat16 kernel; an input
-    in another dtype (the float32 activations of a bfloat16 model) is cast to W's and back, and
-    where half-precision arithmetic is emulated (AVX2) a many-row product converts W to float32.
+    Layouts: "plain" keeps W ([out, in]), the only layout with a fast bfloat16 kernel. Float32
+    activations of a few rows (decoding) go to lmforge's native kernel where it is faster
+    (`cpu_kernels.fast_half_linear`); otherwise an input in another dtype is cast to W's and
+    back, and where half-precision arithmetic is emulated (AVX2) a many-row product converts W
+    to float32.
     "transposed" keeps W^T ([in, out]) for float32: MKL's one-row product reads it ~1.4x faster.
     "packed" is oneDNN's prepacked float32 weight (`pack_()`): as fast for one row, 2-3x faster
     for a few rows (batched decode) and ~1.3x for prompts. A packed weight cannot be indexed,
@@ -108,8 +116,12 @@ class DenseLinear(nn.Module):
 
     def _plain_product(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if (weight.dtype != torch.float32 and x.numel() >= HALF_PRODUCT_MIN_ROWS_TO_CONVERT * self.in_features
-                and half_products_are_slow(weight.dtype)):
+        few_rows = x.numel() < HALF_PRODUCT_MIN_ROWS_TO_CONVERT * self.in_features
+        if few_rows and x.dtype == torch.float32 and weight.dtype != torch.float32 and not _tracing():
+            kernels = fast_half_linear(weight.dtype)
+            if kernels is not None and kernels.supports(x, weight):
+                return kernels.linear(x, weight, bias)
+        if weight.dtype != torch.float32 and not few_rows and half_products_are_slow(weight.dtype):
             y = F.linear(x.float(), weight.float(), bias.float() if bias is not None else None)
             return y.to(x.dtype)
         if x.dtype == weight.dtype:

@@ -128,11 +128,12 @@ def test_dense_linear_layouts_compute_the_same_product():
     assert (packed(x) - torch.nn.functional.linear(x, doubled, bias)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("rows", [1, 64])
+@pytest.mark.parametrize("rows", [1, 3, 64])
 def test_half_weights_multiply_float32_inputs_by_the_kernel_this_cpu_favours(rows):
-    """Few rows: the input is cast to bfloat16 for the half-precision kernel; many rows, where
-    that kernel is emulated (half_products_are_slow), the weight is converted to float32 instead."""
-    from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, half_products_are_slow
+    """Few rows: lmforge's native kernel where it is faster here, else the input cast to bfloat16
+    for PyTorch's kernel; many rows, where that kernel is emulated (half_products_are_slow),
+    the weight is converted to float32 instead."""
+    from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, fast_half_linear, half_products_are_slow
     from lmforge.model import DenseLinear
 
     gen = torch.Generator().manual_seed(5)
@@ -141,9 +142,14 @@ def test_half_weights_multiply_float32_inputs_by_the_kernel_this_cpu_favours(row
     x = torch.randn(rows, 64, generator=gen)
     y = layer(x)
     assert y.dtype == torch.float32
-    converts = rows >= HALF_PRODUCT_MIN_ROWS_TO_CONVERT and half_products_are_slow(torch.bfloat16)
-    expected = (torch.nn.functional.linear(x, weight.float(), bias.float()) if converts
-                else torch.nn.functional.linear(x.bfloat16(), weight, bias).float())
+    few = rows < HALF_PRODUCT_MIN_ROWS_TO_CONVERT
+    native = fast_half_linear(torch.bfloat16)
+    if few and native is not None:
+        expected = native.linear(x, weight, bias)
+    elif not few and half_products_are_slow(torch.bfloat16):
+        expected = torch.nn.functional.linear(x, weight.float(), bias.float())
+    else:
+        expected = torch.nn.functional.linear(x.bfloat16(), weight, bias).float()
     assert torch.equal(y, expected)
     assert (y - torch.nn.functional.linear(x, weight.float(), bias.float())).abs().max() < 0.5
 
