@@ -120,7 +120,8 @@ class DenseLinear(nn.Module):
         if few_rows and x.dtype == torch.float32 and weight.dtype != torch.float32 and not _tracing():
             kernels = fast_half_linear(weight.dtype)
             if kernels is not None and kernels.supports(x, weight):
-                return kernels.linear(x, weight, bias)
+                float_bias = bias.float().contiguous() if bias is not None else None
+                return kernels.linear_unchecked(x.contiguous(), weight, float_bias)
         if weight.dtype != torch.float32 and not few_rows and half_products_are_slow(weight.dtype):
             y = F.linear(x.float(), weight.float(), bias.float() if bias is not None else None)
             return y.to(x.dtype)

@@ -1,8 +1,6 @@
 """The native kernels: built from source on first use, exact float32 sums of 16-bit weights."""
 
 import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -65,7 +63,3 @@ def test_build_reuses_the_library_and_reports_compiler_errors(tmp_path):
         native.build_library(source, flags, tmp_path / "cache", compiler="no-such-compiler-here")
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
-
-def test_the_source_ships_with_the_package():
-    assert native.HALF_LINEAR_SOURCE.is_file()
-    assert Path(native.__file__).parent == native.HALF_LINEAR_SOURCE.parent
