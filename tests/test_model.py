@@ -56,6 +56,37 @@ def test_cached_decoding_matches_full_forward(tmp_path, architecture, overrides)
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("cache_dtype,tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 0.05)])
+def test_batched_one_token_steps_at_different_lengths_match_full_forwards(tmp_path, cache_dtype, tolerance):
+    """Three sequences decoded together at different positions (a window of 8 in play): each
+    step's logits equal those of the sequence's own full forward. Where the native one-query
+    kernel exists these steps go through it (KeyRanges in place of a mask)."""
+    from lmforge.model import KeyRanges
+    from lmforge.native import one_query_attention
+
+    save_tiny_model(tmp_path, "mistral", sliding_window=8)
+    checkpoint = load_checkpoint(tmp_path)
+    model = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors)
+    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(6))
+    prompt_lengths = [5, 14, 9]
+    cache = KVCache(checkpoint.config, num_slots=4, max_seq_len=32, dtype=cache_dtype)
+    slots = [3, 0, 2]  # not consecutive: the cache gathers them
+    with torch.no_grad():
+        for slot, row, n in zip(slots, range(3), prompt_lengths):
+            positions = torch.arange(n)[None]
+            model(tokens[row:row + 1, :n], positions, cache.view([slot], positions))
+        for step in range(6):
+            positions = torch.tensor([[n + step] for n in prompt_lengths])
+            view = cache.view(slots, positions)
+            mask, _ = model.attention_mask(positions, view)
+            assert isinstance(mask, KeyRanges) == (one_query_attention() is not None)
+            logits = model(tokens[torch.arange(3)[:, None], positions], positions, view)
+            for row, n in enumerate(prompt_lengths):
+                end = n + step + 1
+                full = model(tokens[row:row + 1, :end], torch.arange(end)[None])[0, -1]
+                assert (logits[row, 0] - full).abs().max() < tolerance
+
+
 def test_embedded_model_logits_match_transformers(embedded, reference_model):
     tok = embedded.tokenizer
     for prompt in PROMPTS:

@@ -130,3 +130,81 @@ class HalfLinearKernels:
 def half_linear_kernels() -> HalfLinearKernels | None:
     library = load_library("half_linear")
     return HalfLinearKernels(library) if library is not None else None
+
+
+class OneQueryAttention:
+    """Attention of one query per sequence over its keys/values in place (bf16, fp16 or fp32),
+    from one_query_attention.c: no cast of the cache, no mask tensor."""
+
+    MAX_HEAD_DIM = 256
+
+    def __init__(self, library: ctypes.CDLL):
+        self._functions = {torch.bfloat16: library.attend_one_query_bf16,
+                           torch.float16: library.attend_one_query_fp16,
+                           torch.float32: library.attend_one_query_fp32}
+        for function in self._functions.values():
+            _declare(function, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+                     + [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float])
+
+    def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        heads, head_dim, kv_heads = q.shape[1], q.shape[2], k.shape[1]
+        return (q.dtype == torch.float32 and k.dtype in self._functions and v.dtype == k.dtype
+                and head_dim % 8 == 0 and head_dim <= self.MAX_HEAD_DIM and heads % kv_heads == 0
+                and q.stride(-1) == 1 and q.stride(1) == head_dim and k.stride(-1) == 1 and v.stride(-1) == 1
+                and k.shape == v.shape and k.shape[0] == q.shape[0] and k.shape[-1] == head_dim
+                and q.device.type == "cpu" and not q.requires_grad)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first: torch.Tensor,
+               last: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [B, H, D] float32, k/v [B, KV, L, D]; row b attends positions first[b]..last[b]
+        (int64 [B], clamped to 0..L-1). Returns [B, H * D] float32."""
+        if not self.supports(q, k, v) or first.dtype != torch.int64 or last.dtype != torch.int64:
+            raise ValueError(f"one-query attention cannot take q {q.dtype} {tuple(q.shape)}, "
+                             f"k/v {k.dtype} {tuple(k.shape)}, key ranges {first.dtype}/{last.dtype}")
+        if first.shape != (q.shape[0],) or last.shape != (q.shape[0],):
+            raise ValueError(f"key ranges must have one entry per sequence ({q.shape[0]})")
+        return self.attend_unchecked(q, k, v, first.contiguous(), last.contiguous(), scale)
+
+    def attend_unchecked(self, q, k, v, first, last, scale: float) -> torch.Tensor:
+        """`attend` for a caller that has checked `supports` and the key ranges."""
+        batch, heads, head_dim = q.shape
+        kv_heads, length = k.shape[1], k.shape[2]
+        out = torch.empty(batch, heads * head_dim)
+        scratch = torch.empty(batch * heads * length)
+        self._functions[k.dtype](q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), *k.stride()[:3],
+                                 *v.stride()[:3], first.data_ptr(), last.data_ptr(), out.data_ptr(),
+                                 scratch.data_ptr(), batch, heads, kv_heads, length, head_dim, scale)
+        return out
+
+
+@functools.cache
+def one_query_attention() -> OneQueryAttention | None:
+    library = load_library("one_query_attention")
+    return OneQueryAttention(library) if library is not None else None
+
+
+class RmsNormKernel:
+    """RMSNorm of float32 rows with a float32 weight, from rms_norm.c."""
+
+    def __init__(self, library: ctypes.CDLL):
+        self._function = library.rms_norm_f32
+        _declare(self._function, [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_float])
+
+    @staticmethod
+    def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.shape[-1] % 8 == 0
+                and weight.shape == (x.shape[-1],) and weight.is_contiguous() and x.device.type == "cpu"
+                and not x.requires_grad and not weight.requires_grad)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x / sqrt(mean(x^2, -1) + eps) * weight; the caller has checked `supports`."""
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        self._function(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], eps)
+        return y
+
+
+@functools.cache
+def rms_norm_kernel() -> RmsNormKernel | None:
+    library = load_library("rms_norm")
+    return RmsNormKernel(library) if library is not None else None
