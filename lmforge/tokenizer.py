@@ -69,6 +69,8 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         if not self.has_chat_template:
             raise RequestError("this model's tokenizer has no chat template; use raw text generation")
+        if not messages:
+            raise RequestError("a chat needs at least one message")
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise RequestError("each chat message needs a 'role' and a 'content'")

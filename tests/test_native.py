@@ -9,14 +9,18 @@ from lmforge import native
 COMPILER = shutil.which("cc") or shutil.which("gcc")
 
 
+def _built(name: str, kernel):
+    """The kernel; a failure where it should build (a C compiler and AVX2), else a skip."""
+    if kernel is None and COMPILER and native.cpu_runs_avx2():
+        pytest.fail(f"{name} should build on this machine: {native.unavailable_reason(name)}")
+    if kernel is None:
+        pytest.skip(f"no native {name} here: {native.unavailable_reason(name)}")
+    return kernel
+
+
 @pytest.fixture(scope="module")
 def kernels():
-    built = native.half_linear_kernels()
-    if built is None and COMPILER and native.cpu_runs_avx2():
-        pytest.fail(f"the kernels should build on this machine: {native.unavailable_reason()}")
-    if built is None:
-        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
-    return built
+    return _built("half_linear", native.half_linear_kernels())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -67,12 +71,7 @@ def test_build_reuses_the_library_and_reports_compiler_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def attention():
-    built = native.one_query_attention()
-    if built is None and COMPILER and native.cpu_runs_avx2():
-        pytest.fail(f"the kernels should build on this machine: {native.unavailable_reason('one_query_attention')}")
-    if built is None:
-        pytest.skip(f"no native kernels here: {native.unavailable_reason('one_query_attention')}")
-    return built
+    return _built("one_query_attention", native.one_query_attention())
 
 
 def _reference_attention(q, k, v, first, last, scale):
@@ -120,11 +119,7 @@ def test_one_query_attention_refuses_what_it_cannot_compute(attention):
 
 @pytest.mark.parametrize("rows", [1, 3, 40])
 def test_rms_norm_kernel_matches_pytorch(rows):
-    kernel = native.rms_norm_kernel()
-    if kernel is None:
-        if COMPILER and native.cpu_runs_avx2():
-            pytest.fail(f"the kernels should build here: {native.unavailable_reason('rms_norm')}")
-        pytest.skip(f"no native kernels here: {native.unavailable_reason('rms_norm')}")
+    kernel = _built("rms_norm", native.rms_norm_kernel())
     gen = torch.Generator().manual_seed(rows)
     x, weight = torch.randn(2, rows, 72, generator=gen) * 3, torch.randn(72, generator=gen)
     assert kernel.supports(x, weight)

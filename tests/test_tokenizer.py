@@ -1,3 +1,5 @@
+import pytest
+
 from lmforge.tokenizer import REPLACEMENT_CHAR, byte_level_bytes
 
 CHINESE = "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空：青山依旧在，几度夕阳红。"
@@ -28,3 +30,10 @@ def test_token_pieces_show_bytes_of_partial_characters(embedded):
     pieces = tok.tokens(ids)
     assert "".join(pieces).count("<0x") == len("语".encode("utf-8"))
     assert byte_level_bytes("Ġ") == b" "
+
+
+def test_a_chat_without_messages_is_a_request_error(embedded):
+    from lmforge.errors import RequestError
+
+    with pytest.raises(RequestError, match="at least one message"):
+        embedded.tokenizer.apply_chat_template([])
