@@ -23,10 +23,22 @@ def assert_clean_failure(proc, message: str):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_every_command_has_help():
-    for command in ("generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize",
-                    "compare", "export"):
-        assert "usage: lmforge " + command in run(command, "--help").stdout
+def test_every_command_has_help(capsys):
+    """The console script answers --help; so does every subcommand the parser has (in-process:
+    one interpreter start per command would cost ~4 s each)."""
+    import argparse
+
+    from lmforge.cli import build_parser, main
+
+    assert "usage: lmforge" in run("--help").stdout
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize",
+            "compare", "export", "serve"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: lmforge " + command in capsys.readouterr().out
 
 
 def test_generate_json_reports_text_tokens_and_timings():
