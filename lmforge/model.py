@@ -291,8 +291,8 @@ class Transformer(nn.Module):
         kernel = one_query_attention()
         if kernel is None:
             return False
-        c = self.config
-        kv = torch.empty(1, c.num_kv_heads, 1, c.head_dim, dtype=torch.float32 if cache.cache.quantized else cache.cache.dtype)
+        c, store = self.config, cache.cache
+        kv = torch.empty(1, c.num_kv_heads, 1, c.head_dim, dtype=torch.float32 if store.quantized else store.dtype)
         return kernel.supports(torch.empty(1, c.num_heads, c.head_dim), kv, kv)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
