@@ -292,8 +292,8 @@ class Transformer(nn.Module):
         if kernel is None:
             return False
         c, store = self.config, cache.cache
-        kv = torch.empty(1, c.num_kv_heads, 1, c.head_dim, dtype=torch.float32 if store.quantized else store.dtype)
-        return kernel.supports(torch.empty(1, c.num_heads, c.head_dim), kv, kv)
+        return kernel.supports_heads(c.num_heads, c.num_kv_heads, c.head_dim,
+                                     torch.float32 if store.quantized else store.dtype)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin [B, 1, T, head_dim] for `positions` [B, T]."""

@@ -59,6 +59,11 @@ def test_build_reuses_the_library_and_reports_compiler_errors(tmp_path):
     assert native.build_library(source, flags, tmp_path / "cache", compiler=COMPILER) == built
     assert built.stat().st_mtime_ns == stamp
     assert list((tmp_path / "cache").iterdir()) == [built]  # no temporary files left
+    (tmp_path / "shared.h").write_text("#define ANSWER 42\n")  # a header beside it changed: rebuilt
+    rebuilt = native.build_library(source, flags, tmp_path / "cache", compiler=COMPILER)
+    assert rebuilt != built and rebuilt.exists()
+    (tmp_path / "shared.h").unlink()
+    rebuilt.unlink()
 
     source.write_text("int add(int a, int b) { return a + ; }\n")
     with pytest.raises(OSError, match="failed on add.c"):

@@ -39,13 +39,14 @@ def cpu_runs_avx2() -> bool:
 
 def build_library(source: Path, flags: tuple[str, ...], cache_dir: Path,
                   compiler: str | None = None) -> Path:
-    """Compile `source` into a shared library in `cache_dir` (reused when source and flags match).
+    """Compile `source` into a shared library in `cache_dir` (reused while the source, the
+    headers beside it and the flags are unchanged).
 
     Raises OSError when no compiler is found or the compilation fails."""
     compiler = compiler or next((c for c in _COMPILERS if shutil.which(c)), None)
     if compiler is None or shutil.which(compiler) is None:
         raise OSError(f"no C compiler found (tried {compiler or ', '.join(_COMPILERS)})")
-    text = source.read_bytes()
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
     digest = hashlib.sha256(text + " ".join((compiler, *flags)).encode()).hexdigest()[:16]
     target = cache_dir / f"{source.stem}-{digest}.so"
     if target.exists():
@@ -78,9 +79,16 @@ def load_library(name: str) -> ctypes.CDLL | None:
         return None
 
 
-def unavailable_reason(name: str = "half_linear") -> str | None:
+def unavailable_reason(name: str) -> str | None:
     """Why `load_library(name)` returned None, if it did."""
     return _unavailable.get(name)
+
+
+@functools.cache
+def _kernels(name: str, wrapper):
+    """`wrapper` around the compiled `name`.c, or None where it is unavailable."""
+    library = load_library(name)
+    return wrapper(library) if library is not None else None
 
 
 def _declare(function, argtypes) -> None:
@@ -126,10 +134,8 @@ class HalfLinearKernels:
         return y
 
 
-@functools.cache
 def half_linear_kernels() -> HalfLinearKernels | None:
-    library = load_library("half_linear")
-    return HalfLinearKernels(library) if library is not None else None
+    return _kernels("half_linear", HalfLinearKernels)
 
 
 class OneQueryAttention:
@@ -146,10 +152,15 @@ class OneQueryAttention:
             _declare(function, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
                      + [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float])
 
+    def supports_heads(self, heads: int, kv_heads: int, head_dim: int, kv_dtype: torch.dtype) -> bool:
+        """Whether float32 queries of `heads` heads can attend `kv_heads` heads stored in `kv_dtype`."""
+        return (kv_dtype in self._functions and head_dim % 8 == 0 and head_dim <= self.MAX_HEAD_DIM
+                and heads % kv_heads == 0)
+
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         heads, head_dim, kv_heads = q.shape[1], q.shape[2], k.shape[1]
-        return (q.dtype == torch.float32 and k.dtype in self._functions and v.dtype == k.dtype
-                and head_dim % 8 == 0 and head_dim <= self.MAX_HEAD_DIM and heads % kv_heads == 0
+        return (q.dtype == torch.float32 and v.dtype == k.dtype
+                and self.supports_heads(heads, kv_heads, head_dim, k.dtype)
                 and q.stride(-1) == 1 and q.stride(1) == head_dim and k.stride(-1) == 1 and v.stride(-1) == 1
                 and k.shape == v.shape and k.shape[0] == q.shape[0] and k.shape[-1] == head_dim
                 and q.device.type == "cpu" and not q.requires_grad)
@@ -177,10 +188,8 @@ class OneQueryAttention:
         return out
 
 
-@functools.cache
 def one_query_attention() -> OneQueryAttention | None:
-    library = load_library("one_query_attention")
-    return OneQueryAttention(library) if library is not None else None
+    return _kernels("one_query_attention", OneQueryAttention)
 
 
 class RmsNormKernel:
@@ -204,7 +213,5 @@ class RmsNormKernel:
         return y
 
 
-@functools.cache
 def rms_norm_kernel() -> RmsNormKernel | None:
-    library = load_library("rms_norm")
-    return RmsNormKernel(library) if library is not None else None
+    return _kernels("rms_norm", RmsNormKernel)

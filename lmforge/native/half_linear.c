@@ -6,28 +6,11 @@
  * x: [M, K] float32, w: [N, K] 16-bit, bias: [N] float32 or NULL, y: [M, N] float32;
  * all contiguous, K % 8 == 0, N % 4 == 0 (the caller checks).
  */
-#include <immintrin.h>
-#include <stdint.h>
+#include "avx2.h"
 
 #define ROWS_PER_STEP 4     /* weight rows read together: 4 prefetch streams per thread */
 #define ACTIVATIONS_PER_PASS 2
 #define PREFETCH_ROWS 8     /* how far ahead of the current weight row to prefetch */
-
-static inline __m256 widen_bf16(const uint16_t* p) {
-    __m128i v = _mm_loadu_si128((const __m128i*)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-}
-
-static inline __m256 widen_fp16(const uint16_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
-}
-
-static inline float horizontal_sum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
-}
 
 /* Weight rows are split between threads; activation rows go ACTIVATIONS_PER_PASS at a time. */
 #define DEFINE_LINEAR(NAME, WIDEN)                                                            \
@@ -60,5 +43,5 @@ void NAME(const float* x, const uint16_t* w, const float* bias, float* y,       
     }                                                                                         \
 }
 
-DEFINE_LINEAR(bf16_linear, widen_bf16)
-DEFINE_LINEAR(fp16_linear, widen_fp16)
+DEFINE_LINEAR(bf16_linear, load_bf16)
+DEFINE_LINEAR(fp16_linear, load_fp16)

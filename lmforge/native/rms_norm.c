@@ -4,16 +4,9 @@
  * ...); a decoding step calls it twice per layer on one row, where the chain's overhead is all
  * of its cost. x, y: [M, D] contiguous; w: [D]; D % 8 == 0 (the caller checks).
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
 
-static inline float horizontal_sum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
-}
+#include "avx2.h"
 
 static void normalize_row(const float* x, const float* w, float* y, int64_t D, float eps) {
     __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
