@@ -54,18 +54,22 @@ class ResourceSampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        self._take_sample()  # the tail since the last tick: a run shorter than one interval has one too
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            memory = psutil.virtual_memory()
-            sample = {"t_s": time.perf_counter() - self._start, "cpu_utilization": psutil.cpu_percent(None) / 100,
-                      "memory_fraction": memory.percent / 100, "memory_used_bytes": memory.total - memory.available}
-            if self.pid is not None:
-                sample["process_rss_bytes"] = _tree_rss(self.pid)
-            gpu = _gpu_sample()
-            if gpu:
-                sample.update(gpu)
-            self.samples.append(sample)
+            self._take_sample()
+
+    def _take_sample(self) -> None:
+        memory = psutil.virtual_memory()
+        sample = {"t_s": time.perf_counter() - self._start, "cpu_utilization": psutil.cpu_percent(None) / 100,
+                  "memory_fraction": memory.percent / 100, "memory_used_bytes": memory.total - memory.available}
+        if self.pid is not None:
+            sample["process_rss_bytes"] = _tree_rss(self.pid)
+        gpu = _gpu_sample()
+        if gpu:
+            sample.update(gpu)
+        self.samples.append(sample)
 
     def summary(self) -> dict:
         return summarize_samples(self.samples)
