@@ -74,7 +74,8 @@ class TransformersRunner:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from lmforge.loading import convert_gguf, default_cache_dir, resolve
+        from lmforge.loading import convert_gguf, resolve
+        from lmforge.paths import default_cache_dir
 
         self.torch = torch
         folder = convert_gguf(resolve("smollm2-135m"), default_cache_dir())

@@ -102,7 +102,7 @@ class GenaiLogits:
 def prepare(work: Path) -> dict:
     from lmforge.loading import load_checkpoint
     from lmforge.onnx.export import export_onnx
-    from lmforge.quant import quantize_to_folder
+    from lmforge.quant.workflow import quantize_to_folder
     from lmforge.quant.recipe import QuantRecipe
 
     hf_folder = load_checkpoint(None).tokenizer_dir  # the GGUF converted to a Hugging Face folder

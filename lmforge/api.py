@@ -9,25 +9,17 @@ from pathlib import Path
 import torch
 
 from lmforge.config import ModelConfig
+from lmforge.decoder import Decoder
 from lmforge.engine import Engine
 from lmforge.errors import LmforgeError
 from lmforge.loading import Checkpoint, load_checkpoint
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
+from lmforge.precision import torch_dtype
 from lmforge.tokenizer import Tokenizer
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise LmforgeError(f"unknown dtype {name!r}; choose one of float32, bfloat16, float16") from None
 
 
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    return parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    return torch_dtype(dtype) if isinstance(dtype, str) else dtype
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -37,7 +29,7 @@ BACKENDS = ("torch", "onnxruntime")
 class LoadedModel:
     name: str
     config: ModelConfig
-    model: Transformer  # or an OnnxDecoder: the same call, logits from ONNX Runtime
+    model: Decoder  # a Transformer, or an OnnxDecoder (logits from ONNX Runtime)
     tokenizer: Tokenizer
     checkpoint: Checkpoint | None  # None for an ONNX export
     backend: str = "torch"
@@ -67,25 +59,31 @@ def load(model: str | os.PathLike | None = None, dtype: str | torch.dtype | None
     if checkpoint.quantization is not None:
         from lmforge.quant.apply import compute_dtype, quantized_layer_factory
 
-        recipe, body_spec, head_spec = checkpoint.quantization
-        torch_dtype = compute_dtype(recipe) if dtype is None else _as_dtype(dtype)
-        factory = quantized_layer_factory(checkpoint.tensors, recipe, body_spec, head_spec, torch_dtype,
-                                          None if dtype is None else torch_dtype)
-        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype, factory,
-                                          activation_dtype=torch_dtype)  # the integer kernels' own
+        quantization = checkpoint.quantization
+        float_dtype = compute_dtype(quantization.recipe) if dtype is None else _as_dtype(dtype)
+        factory = quantized_layer_factory(checkpoint.config, checkpoint.tensors, quantization, float_dtype,
+                                          None if dtype is None else float_dtype)
+        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, float_dtype, factory,
+                                          activation_dtype=float_dtype)  # the integer kernels' own
     else:
-        torch_dtype = torch.float32 if dtype is None else _as_dtype(dtype)
-        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, torch_dtype)
+        float_dtype = torch.float32 if dtype is None else _as_dtype(dtype)
+        net = Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors, float_dtype)
     checkpoint.tensors = {}  # the model holds its own copies; let the file mapping go
     tokenizer = Tokenizer.from_dir(checkpoint.tokenizer_dir, checkpoint.config.eos_token_ids)
     return LoadedModel(checkpoint.source.name, checkpoint.config, net, tokenizer, checkpoint)
 
 
 def _load_onnx(model, dtype, cache_dir: Path | None) -> LoadedModel:
-    from lmforge.loading import default_cache_dir
-    from lmforge.onnx.export import (MODEL_FILE, cached_export, exported_config, is_onnx_export, is_onnx_file,
-                                     read_manifest)
+    from lmforge.onnx.export import (
+        MODEL_FILE,
+        cached_export,
+        exported_config,
+        is_onnx_export,
+        is_onnx_file,
+        read_manifest,
+    )
     from lmforge.onnx.runtime import OnnxDecoder
+    from lmforge.paths import default_cache_dir
 
     if dtype is not None and _as_dtype(dtype) != torch.float32:
         raise LmforgeError("the onnxruntime backend computes in float32 (INT4/INT8 weights through MatMulNBits); "

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import ModelError
-
-# Architectures the model code runs; others can still be planned from their config.
-RUNNABLE_ARCHITECTURES = ("llama", "mistral", "qwen2")
+from lmforge.models.registry import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,8 @@ class ModelConfig:
 
     @property
     def is_runnable(self) -> bool:
-        return self.architecture in RUNNABLE_ARCHITECTURES
+        """Whether the model code runs it (any config can still be planned)."""
+        return self.architecture in ARCHITECTURES
 
     # --- sizes -------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -113,7 +112,7 @@ class ModelConfig:
                 rope_theta=rope_theta,
                 rope_scaling=tuple(sorted(rope_scaling.items())) if rope_scaling else None,
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                attention_bias=bool(d.get("attention_bias", arch == "qwen2")),
+                attention_bias=bool(d.get("attention_bias", arch in ARCHITECTURES and ARCHITECTURES[arch].attention_bias)),
                 sliding_window=int(sliding) if sliding else None,
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_ids=tuple(int(e) for e in eos_ids),
@@ -140,8 +139,7 @@ class ModelConfig:
         """A config.json that transformers reads back as the same architecture."""
         d = {
             "model_type": self.architecture,
-            "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                               "qwen2": "Qwen2ForCausalLM"}.get(self.architecture, "")],
+            "architectures": [ARCHITECTURES[self.architecture].hf_class if self.is_runnable else ""],
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.config import ModelConfig
+from lmforge.paths import default_cache_dir
 from lmforge.plan import KV_BYTES, WEIGHT_BYTES, weight_bytes
 
 
@@ -80,7 +81,7 @@ def inspect_model(spec) -> ModelReport:
         return ModelReport(path.parent.resolve().name, str(path), config, config.parameter_counts(), None, None)
     source = loading.resolve(spec)
     if source.kind == "gguf":
-        folder = loading.convert_gguf(source, loading.default_cache_dir())
+        folder = loading.convert_gguf(source, default_cache_dir())
         details = json.loads((folder / "lmforge_source.json").read_text())
         config = ModelConfig.from_json_file(folder / "config.json")
         in_weights, _ = _safetensors_header_info(folder)
@@ -102,7 +103,7 @@ def _describe_quantization(config_file: Path) -> str | None:
     found = read_quantization(config_file)
     if found is None:
         return None
-    recipe, body, head = found
+    recipe, body, head = found.recipe, found.body, found.head
     text = (f"{recipe.method}: {body.bits}-bit {'symmetric' if body.symmetric else 'asymmetric'} weights per "
             f"{body.granularity}" + (f" of {body.group_size}" if body.granularity == "group" else ""))
     if recipe.activation_granularity:

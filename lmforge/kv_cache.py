@@ -66,6 +66,12 @@ class KVCache:
         per_head = c.head_dim * self.keys[0].element_size() + (4 if self.quantized else 0)
         return 2 * c.num_layers * c.num_kv_heads * per_head
 
+    def slot_block(self, layer: int, first_slot: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of layer `layer` for `count` consecutive slots from `first_slot`, as views
+        [count, kv_heads, max_seq_len, head_dim] into the cache (a runtime may write them in place)."""
+        rows = slice(first_slot, first_slot + count)
+        return self.keys[layer][rows], self.values[layer][rows]
+
     def view(self, slots: list[int], positions: torch.Tensor) -> "CacheView":
         """Bind `slots` (one per batch row) for a step whose tokens sit at `positions` [B, T]."""
         key_length = int(positions.max()) + 1
@@ -95,6 +101,22 @@ class CacheView:
             end = start + positions.shape[1]
             if end - start == 1 or torch.equal(positions[0], torch.arange(start, end)):
                 self._span = (first, start, end)
+
+    @property
+    def stored_dtype(self) -> torch.dtype:
+        """What `update_and_fetch` returns keys and values in for `dtype` inputs: the cache's own
+        dtype, or for an int8 cache the dtype they came in (float32 here)."""
+        return torch.float32 if self.cache.quantized else self.cache.dtype
+
+    def slot_runs(self) -> list[tuple[int, int, int]]:
+        """(first batch row, row count, first slot) of each run of consecutive slots."""
+        runs, start = [], 0
+        slots = self.slots
+        for i in range(1, len(slots) + 1):
+            if i == len(slots) or slots[i] != slots[i - 1] + 1:
+                runs.append((start, i - start, slots[start]))
+                start = i
+        return runs
 
     def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, kv_heads, T, head_dim]; return all keys/values up to key_length."""

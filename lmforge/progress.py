@@ -24,6 +24,10 @@ def progress_iter(items: Iterable[T], description: str, total: int | None = None
 
 
 @contextmanager
-def status(message: str):
+def status(message: str, show: bool = True):
+    """A spinner with `message` while the block runs (nothing when `show` is false)."""
+    if not show:
+        yield
+        return
     with console.status(message):
         yield

@@ -12,7 +12,6 @@ import torch
 
 from lmforge.errors import RequestError
 
-
 MAX_LOGPROBS = 20
 
 

@@ -31,21 +31,24 @@ def test_closed_loop_metrics_match_the_servers_delays(fake, endpoint):
     records, wall = asyncio.run(closed_loop(spec(fake.url, endpoint=endpoint), concurrency=4, num_requests=8))
     assert len(records) == 8 and all(r.ok for r in records)
     assert fake.app.state.peak_active == 4  # never more than C in flight
-    s = summarize(records, wall, parse_slo("ttft=1s"))
+    s = summarize(records, wall)
     assert s["output_tokens"] == 8 * TOKENS and s["prompt_tokens"] > 0
-    assert TTFT <= s["ttft_s"]["p50"] < TTFT + 0.1
-    assert ITL <= s["tpot_s"]["p50"] < ITL + 0.03  # first token excluded: pure inter-token gaps
-    assert ITL * 0.8 <= s["itl_s"]["p50"] < ITL + 0.03 and s["itl_s"]["count"] == 8 * (TOKENS - 1)
-    e2e = TTFT + (TOKENS - 1) * ITL
-    assert e2e <= s["e2e_s"]["p50"] < e2e + 0.15
-    # two rounds of four clients
-    assert 2 * e2e <= wall < 2 * e2e + 0.5
+    # The server waits at least its delays; a loaded machine only adds to them (no upper bounds here).
+    assert all(r.ttft_s >= TTFT and r.e2e_s >= TTFT + (TOKENS - 1) * ITL for r in records)
+    assert s["ttft_s"]["min"] >= TTFT and s["tpot_s"]["min"] >= ITL  # first token excluded: inter-token gaps
+    assert s["itl_s"]["count"] == 8 * (TOKENS - 1)
+    assert all(r.chunk_times_s == sorted(r.chunk_times_s) and r.chunk_times_s[-1] <= r.e2e_s for r in records)
+    # two rounds of four clients: the second round starts when the first ends
+    assert wall >= 2 * (TTFT + (TOKENS - 1) * ITL)
     assert s["output_token_throughput"] == pytest.approx(8 * TOKENS / wall)
     assert s["request_throughput"] == pytest.approx(8 / wall)
-    assert s["goodput"] == pytest.approx(s["request_throughput"]) and s["good_requests"] == 8
-    assert summarize(records, wall, parse_slo("ttft=100ms"))["good_requests"] == 0
-    assert summarize(records, wall, parse_slo("tps=50"))["good_requests"] == 0  # 1/TPOT is ~20 tok/s
-    assert summarize(records, wall, parse_slo("tps=10,e2e=2s"))["good_requests"] == 8
+    assert summarize(records, wall, parse_slo("ttft=100ms"))["good_requests"] == 0  # TTFT >= 200 ms
+    assert summarize(records, wall, parse_slo("tps=50"))["good_requests"] == 0  # 1/TPOT <= 20 tok/s
+    for slo in ("ttft=1s", "tps=10,e2e=2s"):  # goodput counts exactly the records within the objectives
+        met = sum(r.ttft_s < 1 for r in records) if slo == "ttft=1s" else \
+            sum(1 / r.tpot_s > 10 and r.e2e_s < 2 for r in records)
+        judged = summarize(records, wall, parse_slo(slo))
+        assert judged["good_requests"] == met and judged["goodput"] == pytest.approx(met / wall)
 
 
 def test_open_loop_sends_on_the_arrival_schedule_without_waiting(fake):
@@ -54,13 +57,16 @@ def test_open_loop_sends_on_the_arrival_schedule_without_waiting(fake):
     records, wall = asyncio.run(open_loop(spec(fake.url), rate, n, seed=3))
     arrivals = poisson_arrivals(rate, n, seed=3)
     assert all(r.ok for r in records)
-    for record in records:
-        assert record.sent_s == pytest.approx(arrivals[record.index], abs=0.05)
-    # each request lasts ~0.55 s and arrivals come every ~0.05 s: many overlap
-    assert fake.app.state.peak_active >= 4
-    capped = asyncio.run(open_loop(spec(fake.url), rate, 6, seed=3, max_concurrency=1))[0]
-    assert all(b.sent_s >= a.sent_s + TTFT for a, b in zip(sorted(capped, key=lambda r: r.sent_s),
-                                                            sorted(capped, key=lambda r: r.sent_s)[1:]))
+    by_send = sorted(records, key=lambda r: r.sent_s)
+    assert [r.index for r in by_send] == list(range(n))  # in the order of the schedule
+    assert all(r.sent_s >= arrivals[r.index] - 0.01 for r in records)  # never before its time
+    # Not waiting for answers: each request lasts >= 0.55 s and arrivals come every ~0.05 s, so a
+    # request goes out before the one before it has finished (a delay only makes more of them overlap).
+    overlapping = sum(b.sent_s < a.sent_s + a.e2e_s for a, b in zip(by_send, by_send[1:]))
+    assert overlapping >= n // 2 and fake.app.state.peak_active >= 2
+    capped = sorted(asyncio.run(open_loop(spec(fake.url), rate, 6, seed=3, max_concurrency=1))[0],
+                    key=lambda r: r.sent_s)
+    assert all(b.sent_s >= a.sent_s + a.e2e_s for a, b in zip(capped, capped[1:]))  # one at a time
 
 
 def test_poisson_arrivals_have_the_asked_rate():

@@ -52,7 +52,7 @@ def test_precision_is_the_weights_dtype_not_the_first_parameters(tmp_path):
     from conftest import save_tiny_model
     from lmforge.bench.offline import variant_precision
     from lmforge.loading import load_checkpoint
-    from lmforge.model import Transformer
+    from lmforge.models.transformer import Transformer
 
     checkpoint = load_checkpoint(save_tiny_model(tmp_path, "llama", tie_word_embeddings=True))
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):

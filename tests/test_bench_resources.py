@@ -1,6 +1,8 @@
 """The resource sampler: ticks while a run lasts, and a closing sample for the tail."""
 
+import itertools
 import os
+import threading
 import time
 
 from lmforge.bench.resources import ResourceSampler
@@ -16,9 +18,20 @@ def test_a_run_shorter_than_one_interval_still_has_a_sample():
     assert sampler.summary()["samples"] == 1
 
 
-def test_samples_follow_the_interval_and_end_with_the_tail():
-    with ResourceSampler(interval_s=0.1) as sampler:
-        time.sleep(0.35)
+def test_samples_follow_the_clock_and_end_with_the_tail():
+    """A fake clock makes the times exact; the test waits for ticks instead of timing them."""
+    ticks = itertools.count()
+    lock = threading.Lock()
+
+    def clock():
+        with lock:
+            return float(next(ticks))
+
+    with ResourceSampler(interval_s=0.01, clock=clock) as sampler:
+        deadline = time.monotonic() + 30
+        while len(sampler.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ticked = len(sampler.samples)
     times = [s["t_s"] for s in sampler.samples]
-    assert len(times) >= 3 and times == sorted(times)
-    assert times[-1] >= 0.35  # the closing sample covers the time after the last tick
+    assert ticked >= 3 and len(times) >= ticked + 1  # the ticks, then the closing sample
+    assert times == list(range(1, len(times) + 1))  # each sample read the clock once, in order

@@ -87,7 +87,7 @@ def test_int8_cache_stores_levels_and_scales_and_returns_close_values():
 def test_generation_with_an_int8_cache_follows_the_float_cache(tmp_path):
     from conftest import save_tiny_model
     from lmforge.loading import load_checkpoint
-    from lmforge.model import Transformer
+    from lmforge.models.transformer import Transformer
 
     save_tiny_model(tmp_path, "llama")
     checkpoint = load_checkpoint(tmp_path)

@@ -8,7 +8,7 @@ import transformers
 from conftest import save_tiny_model, write_tiny_gguf
 from lmforge.errors import ModelError
 from lmforge.loading import EMBEDDED_MODEL_NAME, embedded_model_path, load_checkpoint, load_config, resolve
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
 
 
 def test_embedded_model_name_resolves_to_the_package_gguf():

@@ -7,7 +7,7 @@ import transformers
 from conftest import save_tiny_model
 from lmforge.kv_cache import KVCache
 from lmforge.loading import load_checkpoint
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "In 1492, Columbus",
            "Large language models are deployed on small chips because"]
@@ -61,7 +61,7 @@ def test_batched_one_token_steps_at_different_lengths_match_full_forwards(tmp_pa
     """Three sequences decoded together at different positions (a window of 8 in play): each
     step's logits equal those of the sequence's own full forward. Where the native one-query
     kernel exists these steps go through it (KeyRanges in place of a mask)."""
-    from lmforge.model import KeyRanges
+    from lmforge.models.transformer import KeyRanges
     from lmforge.native import one_query_attention
 
     save_tiny_model(tmp_path, "mistral", sliding_window=8)
@@ -136,7 +136,8 @@ def test_bfloat16_model_agrees_with_float32(embedded):
 
 def test_dense_linear_layouts_compute_the_same_product():
     """plain (bf16), transposed and oneDNN-packed float32 all give x W^T + b; weights round-trip."""
-    from lmforge.model import DenseLinear, onednn_packing_works
+    from lmforge.cpu_kernels import onednn_packing_works
+    from lmforge.models.layers import DenseLinear
 
     gen = torch.Generator().manual_seed(3)
     weight, bias = torch.randn(48, 40, generator=gen), torch.randn(48, generator=gen)
@@ -165,7 +166,7 @@ def test_half_weights_multiply_float32_inputs_by_the_kernel_this_cpu_favours(row
     for PyTorch's kernel; many rows, where that kernel is emulated (half_products_are_slow),
     the weight is converted to float32 instead."""
     from lmforge.cpu_kernels import HALF_PRODUCT_MIN_ROWS_TO_CONVERT, fast_half_linear, half_products_are_slow
-    from lmforge.model import DenseLinear
+    from lmforge.models.layers import DenseLinear
 
     gen = torch.Generator().manual_seed(5)
     weight, bias = torch.randn(96, 64, generator=gen).bfloat16(), torch.randn(96, generator=gen).bfloat16()
@@ -186,7 +187,7 @@ def test_half_weights_multiply_float32_inputs_by_the_kernel_this_cpu_favours(row
 
 
 def test_body_layers_are_packed_but_not_the_tied_output(tmp_path):
-    from lmforge.model import onednn_packing_works
+    from lmforge.cpu_kernels import onednn_packing_works
 
     save_tiny_model(tmp_path, "llama", tie_word_embeddings=True)
     checkpoint = load_checkpoint(tmp_path)

@@ -16,7 +16,7 @@ from lmforge import SamplingParams
 from lmforge.errors import LmforgeError
 from lmforge.kv_cache import KVCache
 from lmforge.loading import load_checkpoint
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
 from lmforge.onnx.export import MANIFEST, export_onnx, read_manifest
 from lmforge.onnx.runtime import OnnxDecoder
 from lmforge.quant.apply import quantize_model, quantized_layer_factory
@@ -129,7 +129,7 @@ def test_quantized_models_export_their_own_levels(tmp_path, architecture, recipe
     folder = export_onnx(tmp_path / "q", tmp_path / "onnx", accuracy_level=0, show_progress=False)
     assert read_manifest(folder)["precision"] == f"int{recipe.bits}"
     saved = load_checkpoint(tmp_path / "q")
-    factory = quantized_layer_factory(saved.tensors, *saved.quantization, torch.float32, torch.float32)
+    factory = quantized_layer_factory(saved.config, saved.tensors, saved.quantization, torch.float32, torch.float32)
     exact = Transformer.from_hf_tensors(saved.config, saved.tensors, torch.float32, factory)
     decoder = OnnxDecoder(folder / "model.onnx", saved.config)
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -183,7 +183,7 @@ def test_embedded_float32_export_matches_pytorch(embedded, embedded_fp32_export)
 
 
 def test_embedded_int4_export_agrees_with_lmforge_int4(tmp_path):
-    from lmforge.quant import quantize_to_folder
+    from lmforge.quant.workflow import quantize_to_folder
 
     _, _, quantized = quantize_to_folder(None, QuantRecipe("rtn", 4, "group", 32), tmp_path / "int4")
     exact = export_onnx(quantized, tmp_path / "onnx-exact", accuracy_level=0, show_progress=False)

@@ -11,9 +11,9 @@ from lmforge.errors import ModelError, RequestError
 from lmforge.evaluate import evaluate
 from lmforge.kv_cache import KVCache
 from lmforge.loading import load_checkpoint
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
 from lmforge.onnx.export import export_onnx
-from lmforge.onnx.runtime import OnnxDecoder, _runs
+from lmforge.onnx.runtime import OnnxDecoder
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,20 @@ def tiny(tmp_path_factory):
             Transformer.from_hf_tensors(checkpoint.config, checkpoint.tensors))
 
 
-def test_slot_runs():
-    assert _runs([0, 1, 2]) == [(0, 3)]
-    assert _runs([0, 2, 3, 7]) == [(0, 1), (1, 2), (3, 1)]
-    assert _runs([4]) == [(0, 1)]
+def test_slot_runs_and_blocks(tiny):
+    config = tiny[1].config
+    cache = KVCache(config, 8, 16)
+
+    def runs(slots):
+        return cache.view(slots, torch.zeros(len(slots), 1, dtype=torch.long)).slot_runs()
+
+    assert runs([0, 1, 2]) == [(0, 3, 0)]
+    assert runs([0, 2, 3, 7]) == [(0, 1, 0), (1, 2, 2), (3, 1, 7)]
+    assert runs([4]) == [(0, 1, 4)]
+    keys, values = cache.slot_block(1, 2, 3)
+    assert keys.shape == (3, config.num_kv_heads, 16, config.head_dim)
+    keys[0, 0, 0, 0] = 5.0  # a view: the runtime writes the cache itself
+    assert cache.keys[1][2, 0, 0, 0] == 5.0 and values.data_ptr() == cache.values[1][2].data_ptr()
 
 
 def test_decoding_slots_with_gaps_matches_pytorch(tiny):
@@ -88,3 +98,11 @@ def test_bad_requests_and_files_give_clear_errors(tiny, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(np.arange(100, dtype=np.uint8).tobytes())
     with pytest.raises(ModelError, match="cannot load"):
         OnnxDecoder(tmp_path / "junk.onnx", reference.config)
+
+
+def test_both_backends_are_decoders(tiny):
+    from lmforge.decoder import Decoder
+
+    onnx_decoder, transformer = tiny
+    assert isinstance(onnx_decoder, Decoder) and isinstance(transformer, Decoder)
+    assert onnx_decoder.config == transformer.config and onnx_decoder.dtype == transformer.dtype == torch.float32

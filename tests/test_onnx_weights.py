@@ -1,7 +1,6 @@
 """MatMulNBits packing: the same dequantized weight, and ONNX Runtime's own kernel agrees."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

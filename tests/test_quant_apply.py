@@ -10,7 +10,8 @@ from conftest import save_tiny_model
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
 from lmforge.loading import load_checkpoint
-from lmforge.model import DenseLinear, Transformer
+from lmforge.models.layers import DenseLinear
+from lmforge.models.transformer import Transformer
 from lmforge.quant.apply import quantize_model
 from lmforge.quant.calibration import calibration_batch, default_calibration_text
 from lmforge.quant.linear import Int4Linear, Int8Linear, W8A8Linear

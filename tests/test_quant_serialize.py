@@ -8,7 +8,7 @@ import torch
 from conftest import save_tiny_model
 from lmforge.errors import LmforgeError, ModelError
 from lmforge.loading import load_checkpoint
-from lmforge.model import Transformer
+from lmforge.models.transformer import Transformer
 from lmforge.quant.apply import quantize_model, quantized_layer_factory
 from lmforge.quant.recipe import QuantRecipe
 from lmforge.quant.rtn import QuantSpec, quantize
@@ -68,9 +68,8 @@ def test_save_and_load_give_identical_logits(tmp_path, architecture, recipe):
 
     loaded = load_checkpoint(out)
     assert loaded.quantization is not None
-    saved_recipe, body_spec, head_spec = loaded.quantization
-    assert saved_recipe == recipe
-    factory = quantized_layer_factory(loaded.tensors, saved_recipe, body_spec, head_spec, model.dtype)
+    assert loaded.quantization.recipe == recipe and loaded.quantization.body == recipe.weight_spec
+    factory = quantized_layer_factory(loaded.config, loaded.tensors, loaded.quantization, model.dtype)
     again = Transformer.from_hf_tensors(loaded.config, loaded.tensors, model.dtype, factory,
                                          activation_dtype=model.activation_dtype)
     tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -107,7 +106,7 @@ def test_a_corrupt_quantized_checkpoint_is_reported(tmp_path):
     del tensors["model.layers.0.self_attn.k_proj.weight_scale"]
     save_file(tensors, out / "model.safetensors")
     loaded = load_checkpoint(out)
-    factory = quantized_layer_factory(loaded.tensors, *loaded.quantization, torch.bfloat16)
+    factory = quantized_layer_factory(loaded.config, loaded.tensors, loaded.quantization, torch.bfloat16)
     with pytest.raises(ModelError, match="k_proj is missing"):
         Transformer.from_hf_tensors(loaded.config, loaded.tensors, torch.bfloat16, factory,
                                     activation_dtype=torch.bfloat16)

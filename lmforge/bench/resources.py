@@ -33,18 +33,20 @@ def _tree_rss(pid: int) -> int | None:
 class ResourceSampler:
     """Use as a context manager; `samples` and `summary()` afterwards.
 
-    pid: a process (with its children) whose resident memory is recorded too, e.g. the server."""
+    pid: a process (with its children) whose resident memory is recorded too, e.g. the server.
+    clock: seconds (a test passes its own to check the samples' times)."""
 
-    def __init__(self, interval_s: float = 0.5, pid: int | None = None):
+    def __init__(self, interval_s: float = 0.5, pid: int | None = None, clock=time.perf_counter):
         self.interval_s = interval_s
         self.pid = pid
+        self.clock = clock
         self.samples: list[dict] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = 0.0
 
     def __enter__(self) -> "ResourceSampler":
-        self._start = time.perf_counter()
+        self._start = self.clock()
         psutil.cpu_percent(None)  # the first call only sets the baseline
         self._thread = threading.Thread(target=self._run, daemon=True, name="lmforge-sampler")
         self._thread.start()
@@ -62,7 +64,7 @@ class ResourceSampler:
 
     def _take_sample(self) -> None:
         memory = psutil.virtual_memory()
-        sample = {"t_s": time.perf_counter() - self._start, "cpu_utilization": psutil.cpu_percent(None) / 100,
+        sample = {"t_s": self.clock() - self._start, "cpu_utilization": psutil.cpu_percent(None) / 100,
                   "memory_fraction": memory.percent / 100, "memory_used_bytes": memory.total - memory.available}
         if self.pid is not None:
             sample["process_rss_bytes"] = _tree_rss(self.pid)

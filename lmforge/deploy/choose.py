@@ -11,8 +11,9 @@ from lmforge.device.predict import predict
 from lmforge.device.profile import DeviceProfile
 from lmforge.errors import LmforgeError
 from lmforge.plan import plan_fit
+from lmforge.precision import TORCH_PRECISIONS
 
-ORDER = ("fp32", "bf16", "int8", "int4")  # most accurate first
+ORDER = TORCH_PRECISIONS  # most accurate first
 
 
 @dataclass

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lmforge import isolated
 from lmforge.atomic import write_json
 from lmforge.bench.slo import SEED_DEFAULTS, parse_slo
 from lmforge.deploy.stages import Stage, StageRunner
 from lmforge.errors import LmforgeError
+from lmforge.precision import ONNX_PRECISIONS
+from lmforge.precision import precision as precision_named
 
-CANDIDATES = ("fp32", "int8", "int4")  # what the ONNX Runtime backend serves
+CANDIDATES = ONNX_PRECISIONS  # deploy serves its choice with ONNX Runtime
 
 
 @dataclass
@@ -140,15 +141,15 @@ class Deploy:
         precision = self.runner.data("plan")["chosen"]
         if precision == "fp32":
             return {"summary": "fp32 chosen: nothing to quantize", "folder": None}
-        from lmforge.quant.recipe import QuantRecipe
         from lmforge.quant.workflow import quantize_to_folder
 
-        recipe = QuantRecipe("rtn", 8) if precision == "int8" else QuantRecipe(self.s.method, 4, "group", 32)
+        named = precision if precision == "int8" or self.s.method == "rtn" else f"{precision}-{self.s.method}"
+        recipe = precision_named(named).recipe
         folder = self._fresh(self.out / "quantized")
         _, report, _ = quantize_to_folder(self.s.model, recipe, folder, show_progress=self.console is not None)
         worst = min(report.layers, key=lambda layer: layer.sqnr_db) if report.layers else None
         note = f"; lowest SQNR {worst.sqnr_db:.1f} dB ({worst.name})" if worst else ""
-        return {"summary": f"{precision} ({recipe.method}{', groups of 32' if precision == 'int4' else ', per channel'})"
+        return {"summary": f"{precision} ({recipe.method}{f', groups of {recipe.group_size}' if precision == 'int4' else ', per channel'})"
                            f" -> {folder}{note}", "folder": str(folder)}
 
     def export(self) -> dict:
@@ -164,14 +165,11 @@ class Deploy:
     def _offline(self, model: str | None, backend: str, precision: str, label: str, out: Path) -> dict:
         window = self._config().max_position_embeddings  # a small model's window bounds the prompt
         prefill, decode = min(self.s.offline_tokens[0], window // 2), min(self.s.offline_tokens[1], window // 4)
-        command = [sys.executable, "-m", "lmforge.cli", "bench", "offline", *([model] if model else []),
-                   "--backend", backend, "--precision", precision, "--prompt-tokens", str(prefill),
-                   "--decode-tokens", str(decode), "--device", str(self.results / "device.json"),
-                   "--label", label, "--out", str(out), "--json"]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise LmforgeError(f"offline benchmark of {label} failed:\n{proc.stderr[-2000:]}")
-        return json.loads(out.read_text())
+        # in a process of its own: the peak memory measured is this variant's alone
+        return isolated.call("lmforge.bench.offline:bench_variant", model=model, backend=backend,
+                             precision=precision, prompt_tokens=prefill, decode_tokens=decode,
+                             device=str(self.results / "device.json"), label=label, out=str(out),
+                             show_progress=False)
 
     def bench_offline(self) -> dict:
         precision = self.runner.data("plan")["chosen"]

@@ -15,8 +15,9 @@ from lmforge.config import ModelConfig
 from lmforge.device.probe import bytes_per_weight
 from lmforge.device.profile import DeviceProfile
 from lmforge.errors import LmforgeError
+from lmforge.precision import TORCH_PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
+PRECISIONS = TORCH_PRECISIONS  # what a device profile predicts
 
 
 @dataclass

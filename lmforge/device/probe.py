@@ -63,7 +63,7 @@ def copy_bandwidth(repeats: int = 5) -> float:
 def _engine_layer(weight: torch.Tensor):
     """The layer the engine builds for `weight` (packed where its model would be), so the probe
     times the kernels the engine runs, fed float32 activations as the engine feeds them."""
-    from lmforge.model import DenseLinear
+    from lmforge.models.layers import DenseLinear
 
     layer = DenseLinear.from_weight(weight)
     layer.pack_()
@@ -192,7 +192,7 @@ def _tiny_model(backend: str, precision: str, layers: int, folder):
     config = ModelConfig.from_hf_dict(hf.config.to_dict())
     tensors = {k: v.detach().clone() for k, v in hf.state_dict().items()}
     if backend == "torch":
-        from lmforge.model import Transformer
+        from lmforge.models.transformer import Transformer
 
         return Transformer.from_hf_tensors(config, tensors, torch.float32 if precision == "fp32" else torch.bfloat16), config
     import onnx

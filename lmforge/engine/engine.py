@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 
 from lmforge.engine.scheduler import Scheduler, StepPlan
+from lmforge.decoder import Decoder
 from lmforge.errors import RequestError
 from lmforge.kv_cache import KVCache
 from lmforge.sampling import BatchSampler, SamplingParams, TokenLogprob, token_logprobs
@@ -88,7 +89,7 @@ class _Request:
 
 
 class Engine:
-    def __init__(self, model, tokenizer: Tokenizer, *, max_batch: int = 8, max_seq_len: int | None = None,
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, *, max_batch: int = 8, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, kv_dtype: torch.dtype | None = None):
         config = model.config
         self.model = model

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from lmforge.paths import default_cache_dir
+
 SOURCE_DIR = Path(__file__).parent
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 _COMPILERS = ("cc", "gcc", "clang")
@@ -27,8 +29,6 @@ _unavailable: dict[str, str] = {}
 
 
 def kernel_cache_dir() -> Path:
-    from lmforge.loading import default_cache_dir
-
     return default_cache_dir() / "kernels"
 
 

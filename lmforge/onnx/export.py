@@ -18,6 +18,7 @@ from lmforge.errors import LmforgeError, ModelError
 from lmforge.loading import Checkpoint, load_checkpoint
 from lmforge.onnx.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_decoder
 from lmforge.onnx.weights import LayerSource
+from lmforge.precision import INT4_GROUP, ONNX_PRECISIONS
 from lmforge.progress import progress_iter, status
 from lmforge.tokenizer import copy_tokenizer_files
 
@@ -25,7 +26,6 @@ MANIFEST = "lmforge_onnx.json"
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "int8", "int4")
 
 
 def is_onnx_export(path: str | os.PathLike | None) -> bool:
@@ -43,15 +43,15 @@ def is_onnx_file(path: str | os.PathLike | None) -> bool:
 def checkpoint_precision(checkpoint: Checkpoint) -> str:
     if checkpoint.quantization is None:
         return "fp32"
-    return f"int{checkpoint.quantization[1].bits}"
+    return f"int{checkpoint.quantization.body.bits}"
 
 
 def resolve_precision(checkpoint: Checkpoint, precision: str | None) -> str:
     stored = checkpoint_precision(checkpoint)
     if precision is None:
         return stored
-    if precision not in PRECISIONS:
-        raise LmforgeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise LmforgeError(f"--precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
     if stored != "fp32" and precision != stored:
         raise LmforgeError(f"this model is already quantized ({stored}); export it at --precision {stored} "
                            f"(its integer levels are kept) or export the original float model")
@@ -59,7 +59,7 @@ def resolve_precision(checkpoint: Checkpoint, precision: str | None) -> str:
 
 
 def export_onnx(model: str | os.PathLike | None, out: str | os.PathLike, precision: str | None = None,
-                opset: int = DEFAULT_OPSET, group_size: int = 32, accuracy_level: int = 4,
+                opset: int = DEFAULT_OPSET, group_size: int = INT4_GROUP, accuracy_level: int = 4,
                 cache_dir: Path | None = None, show_progress: bool = True) -> Path:
     """Export `model` (any lmforge MODEL) to the folder `out`, written atomically."""
     import onnx
@@ -72,7 +72,7 @@ def export_onnx(model: str | os.PathLike | None, out: str | os.PathLike, precisi
     out = require_free_folder(out)
     checkpoint = load_checkpoint(model, cache_dir)
     precision = resolve_precision(checkpoint, precision)
-    if checkpoint.quantization is not None and checkpoint.quantization[0].activation_granularity is not None:
+    if checkpoint.quantization is not None and checkpoint.quantization.recipe.activation_granularity is not None:
         # W8A8 checkpoints keep their INT8 weights; MatMulNBits quantizes activations per block instead.
         accuracy_level = 4
     source = LayerSource(checkpoint, precision, group_size=group_size)
@@ -102,7 +102,7 @@ def export_onnx(model: str | os.PathLike | None, out: str | os.PathLike, precisi
 
 def _quantization_summary(checkpoint: Checkpoint, source: LayerSource) -> dict | None:
     if checkpoint.quantization is not None:
-        recipe = checkpoint.quantization[0]
+        recipe = checkpoint.quantization.recipe
         return {"from": "checkpoint (levels kept)", "recipe": recipe.to_dict()}
     if source.body_spec is None:
         return None

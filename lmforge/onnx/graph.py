@@ -16,8 +16,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lmforge.config import ModelConfig
-from lmforge.model import rope_inverse_frequencies
-from lmforge.onnx.weights import DenseWeight, LayerSource, NBitsWeight, fused_layers
+from lmforge.models.transformer import rope_inverse_frequencies
+from lmforge.models.weights import FINAL_NORM
+from lmforge.onnx.weights import DenseWeight, LayerSource, NBitsWeight
 
 MS_DOMAIN = "com.microsoft"
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 24, 23
@@ -119,7 +120,7 @@ def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT
                          name="/mask/total_sequence_length", to=TensorProto.INT32)
     cos_cache, sin_cache = _rotary_caches(g, config)
 
-    tied = config.tie_word_embeddings or source.embedding_table() is None
+    tied = source.head_is_embedding
     if isinstance(head, DenseWeight):
         g.init("lm_head.weight_t", head.weight.t().contiguous().numpy())
     x = _embedding(g, source, head, tied)
@@ -127,8 +128,9 @@ def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT
     layers = range(config.num_layers)
     for i in (progress(layers) if progress else layers):
         p = f"/model/layers.{i}"
-        weights = {k: source.layer(names, bias) for k, (names, bias) in fused_layers(config, i).items()}
-        ln1 = g.init(f"model.layers.{i}.input_layernorm.weight", source.norm(f"model.layers.{i}.input_layernorm.weight"))
+        weights = source.block_layers(i)
+        norms = {attr: g.init(name, value) for attr, (name, value) in source.block_norms(i).items()}
+        ln1 = norms["attention_norm"]
         if pending is None:
             # RMSNormalization is standard from opset 23; before, ONNX Runtime's own operator stands in.
             norm_op = "RMSNormalization" if opset >= 23 else "SimplifiedLayerNormalization"
@@ -136,7 +138,7 @@ def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT
         else:
             h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln1], 4, MS_DOMAIN,
                                      f"{p}/input_layernorm", epsilon=eps)
-        qkv = _linear(g, h, weights["qkv"], f"model.layers.{i}.attn.qkv_proj", accuracy_level)
+        qkv = _linear(g, h, weights["attention.wqkv"], f"model.layers.{i}.attn.qkv_proj", accuracy_level)
         attention_attrs = dict(num_heads=config.num_heads, kv_num_heads=config.num_kv_heads,
                                scale=float(config.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0)
         if config.sliding_window and config.sliding_window < config.max_position_embeddings:
@@ -145,19 +147,18 @@ def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT
                     [qkv, "", "", *past_names(i), seqlens_k, total_length, cos_cache, sin_cache],
                     [f"{p}/attn/output_0", *present_names(i)], MS_DOMAIN, f"{p}/attn/GroupQueryAttention",
                     **attention_attrs)[0]
-        o = _linear(g, attn, weights["o"], f"model.layers.{i}.attn.o_proj", accuracy_level)
-        ln2 = g.init(f"model.layers.{i}.post_attention_layernorm.weight",
-                     source.norm(f"model.layers.{i}.post_attention_layernorm.weight"))
+        o = _linear(g, attn, weights["attention.wo"], f"model.layers.{i}.attn.o_proj", accuracy_level)
+        ln2 = norms["ffn_norm"]
         h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2], 4, MS_DOMAIN,
                                  f"{p}/post_attention_layernorm", epsilon=eps)
-        gate_up = _linear(g, h, weights["gate_up"], f"model.layers.{i}.mlp.gate_up_proj", accuracy_level)
+        gate_up = _linear(g, h, weights["feed_forward.w13"], f"model.layers.{i}.mlp.gate_up_proj", accuracy_level)
         gate, up = g.op("Split", [gate_up, g.init(f"{p}/mlp/split", np.array([config.intermediate_size] * 2))], 2,
                         name=f"{p}/mlp/Split", axis=-1)
         silu = g.one("Mul", [gate, g.one("Sigmoid", [gate], name=f"{p}/mlp/Sigmoid")], name=f"{p}/mlp/SiLU")
         act = g.one("Mul", [silu, up], name=f"{p}/mlp/Mul")
-        pending = _linear(g, act, weights["down"], f"model.layers.{i}.mlp.down_proj", accuracy_level)
+        pending = _linear(g, act, weights["feed_forward.w2"], f"model.layers.{i}.mlp.down_proj", accuracy_level)
 
-    final_norm = g.init("model.norm.weight", source.norm("model.norm.weight"))
+    final_norm = g.init(FINAL_NORM, source.norm(FINAL_NORM))
     h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final_norm], 1, MS_DOMAIN,
              "/model/norm", epsilon=eps)[0]
     # Only the last `logits_to_keep` positions reach the vocabulary projection (0: all of them).

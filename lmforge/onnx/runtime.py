@@ -21,16 +21,6 @@ from lmforge.onnx.graph import LOGITS_TO_KEEP, past_names, present_names
 REQUIRED_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
-def _runs(slots: list[int]) -> list[tuple[int, int]]:
-    """(first index in `slots`, count) for each run of consecutive slot numbers."""
-    runs, start = [], 0
-    for i in range(1, len(slots) + 1):
-        if i == len(slots) or slots[i] != slots[i - 1] + 1:
-            runs.append((start, i - start))
-            start = i
-    return runs
-
-
 class OnnxDecoder:
     def __init__(self, model_file: Path, config: ModelConfig, threads: int | None = None):
         import onnxruntime as ort
@@ -58,10 +48,9 @@ class OnnxDecoder:
         if cache.cache.dtype != torch.float32:  # int8 caches included
             raise RequestError("the ONNX Runtime backend keeps its KV cache in float32")
         parts = []
-        for start, count in _runs(cache.slots):
+        for start, count, first_slot in cache.slot_runs():
             rows = slice(start, start + count)
-            parts.append(self._run_slots(tokens[rows], positions[rows], cache.cache, cache.slots[start], count,
-                                         last_only))
+            parts.append(self._run_slots(tokens[rows], positions[rows], cache.cache, first_slot, count, last_only))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _binding(self, cache, first_slot: int, count: int):
@@ -73,10 +62,9 @@ class OnnxDecoder:
         binding = self.session.io_binding()
         for layer in range(self.config.num_layers):
             (past_key, past_value), (present_key, present_value) = past_names(layer), present_names(layer)
-            for buffer, past, present in ((cache.keys[layer], past_key, present_key),
-                                          (cache.values[layer], past_value, present_value)):
-                shape = (count, *buffer.shape[1:])
-                pointer = buffer.data_ptr() + first_slot * buffer.stride(0) * buffer.element_size()
+            keys, values = cache.slot_block(layer, first_slot, count)
+            for buffer, past, present in ((keys, past_key, present_key), (values, past_value, present_value)):
+                shape, pointer = tuple(buffer.shape), buffer.data_ptr()
                 binding.bind_input(past, "cpu", 0, np.float32, shape, pointer)
                 binding.bind_output(present, "cpu", 0, np.float32, shape, pointer)
         bindings[(first_slot, count)] = binding

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.quant.rtn import PER_GROUP, QuantizedWeight, QuantSpec, quantize
+from lmforge.models.weights import EMBEDDING, OUTPUT, FusedLinear, WeightMap, is_quantized
+from lmforge.quant.recipe import PER_GROUP, QuantSpec
+from lmforge.quant.rtn import QuantizedWeight, quantize
+from lmforge.quant.serialize import read_fused
 
 # Block size for weights quantized per channel or per tensor: their one scale is repeated per block.
 PER_CHANNEL_BLOCK = 32
@@ -111,15 +113,6 @@ def dequantize_nbits(w: NBitsWeight) -> torch.Tensor:
 
 # --- layers of a checkpoint ---------------------------------------------------------------------
 
-def fused_layers(config: ModelConfig, layer: int) -> dict[str, tuple[list[str], bool]]:
-    """lmforge's fused linear layers of one block -> (Hugging Face names stacked by rows, has bias)."""
-    p = f"model.layers.{layer}."
-    return {"qkv": ([p + f"self_attn.{n}_proj" for n in "qkv"], config.attention_bias),
-            "o": ([p + "self_attn.o_proj"], False),
-            "gate_up": ([p + "mlp.gate_proj", p + "mlp.up_proj"], False),
-            "down": ([p + "mlp.down_proj"], False)}
-
-
 class LayerSource:
     """Reads the linear layers of a checkpoint for export at a precision ("fp32", "int8", "int4")."""
 
@@ -127,8 +120,9 @@ class LayerSource:
         self.tensors = checkpoint.tensors
         self.quantization = checkpoint.quantization
         self.precision = precision
+        self.names = WeightMap(checkpoint.config)
         if checkpoint.quantization is not None:
-            _, self.body_spec, self.head_spec = checkpoint.quantization
+            self.body_spec, self.head_spec = checkpoint.quantization.body, checkpoint.quantization.head
         elif precision == "fp32":
             self.body_spec = self.head_spec = None
         else:
@@ -136,34 +130,41 @@ class LayerSource:
             self.body_spec = QuantSpec(bits, symmetric, PER_GROUP if bits == 4 else "channel", group_size)
             self.head_spec = QuantSpec(8, True, "channel")  # an INT4 head costs too much quality
 
-    def _dense(self, names: list[str], bias: bool) -> DenseWeight:
-        w = torch.cat([self.tensors[n + ".weight"].float() for n in names])
-        b = torch.cat([self.tensors[n + ".bias"].float() for n in names]) if bias else None
+    def _dense(self, fused: FusedLinear) -> DenseWeight:
+        w = torch.cat([self.tensors[n + ".weight"].float() for n in fused.parts])
+        b = torch.cat([self.tensors[n + ".bias"].float() for n in fused.parts]) if fused.bias else None
         return DenseWeight(w, b)
 
-    def layer(self, names: list[str], bias: bool, head: bool = False) -> DenseWeight | NBitsWeight:
-        from lmforge.quant.serialize import read_fused
-
-        spec = self.head_spec if head else self.body_spec
-        stored = all(f"{n}.weight_shape" in self.tensors for n in names)
-        if self.quantization is not None and stored:
-            qw, b = read_fused(self.tensors, names, spec, bias)
+    def layer(self, fused: FusedLinear) -> DenseWeight | NBitsWeight:
+        spec = self.head_spec if fused.module == OUTPUT else self.body_spec
+        if self.quantization is not None and all(is_quantized(self.tensors, n) for n in fused.parts):
+            qw, b = read_fused(self.tensors, fused, spec)
             return to_nbits(qw, None if b is None else b.float())
-        dense = self._dense(names, bias)
+        dense = self._dense(fused)
         if spec is None or self.quantization is not None:
             return dense  # float in the checkpoint: stays float
         return to_nbits(quantize(dense.weight, spec), dense.bias)
 
+    def block_layers(self, layer: int) -> dict[str, DenseWeight | NBitsWeight]:
+        """Block `layer`'s fused linears, by attribute path (`attention.wqkv`, ...)."""
+        return {path: self.layer(fused) for path, fused in self.names.block_linears(layer).items()}
+
+    def block_norms(self, layer: int) -> dict[str, tuple[str, np.ndarray]]:
+        """Block `layer`'s norms by attribute: (Hugging Face name, weight)."""
+        return {attr: (name, self.norm(name)) for attr, name in self.names.block_norms(layer).items()}
+
     def head(self) -> DenseWeight | NBitsWeight:
-        name = "lm_head" if ("lm_head.weight" in self.tensors or "lm_head.weight_shape" in self.tensors) \
-            else "model.embed_tokens"
-        return self.layer([name], False, head=True)
+        return self.layer(self.names.head(self.tensors))
+
+    @property
+    def head_is_embedding(self) -> bool:
+        return self.names.head_is_embedding(self.tensors)
 
     def norm(self, name: str) -> np.ndarray:
         return self.tensors[name].float().numpy()
 
     def embedding_table(self) -> np.ndarray | None:
         """The float embedding table, or None when a quantized head holds it (tied)."""
-        if "model.embed_tokens.weight" not in self.tensors:
+        if EMBEDDING + ".weight" not in self.tensors:
             return None
-        return self.tensors["model.embed_tokens.weight"].float().numpy()
+        return self.tensors[EMBEDDING + ".weight"].float().numpy()

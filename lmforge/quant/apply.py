@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.model import DenseLinear, RMSNorm, Transformer, dense_layer
+from lmforge.models.layers import DenseLinear, RMSNorm, dense_layer
+from lmforge.models.transformer import Transformer
+from lmforge.models.weights import BLOCK_LINEARS, OUTPUT, FusedLinear, WeightMap, is_quantized
 from lmforge.progress import progress_iter
-from lmforge.quant import awq, gptq, smoothquant
 from lmforge.quant.linear import Int4Linear, Int8Linear, W8A8Linear
-from lmforge.quant.recipe import QuantRecipe
-from lmforge.quant.rtn import QuantizedWeight, QuantSpec, quantization_error, quantize
-
-AWQ_SAMPLE_ROWS = 2048  # calibration rows AWQ's grid search multiplies through, per layer
+from lmforge.quant.methods import InputRecorder, quant_method
+from lmforge.quant.recipe import Quantization, QuantRecipe
+from lmforge.quant.rtn import QuantizedWeight, quantization_error, quantize
+from lmforge.quant.serialize import read_fused
 
 
 @dataclass
@@ -62,7 +64,7 @@ def make_layer(qw: QuantizedWeight, bias: torch.Tensor | None, recipe: QuantReci
             return Int4Linear(qw, bias, weight_only, keep_rows=tied)
         return Int8Linear(qw, bias, weight_only)
     if recipe.activation_granularity is not None:
-        threshold = recipe.outlier_threshold if recipe.method == "llm-int8" else None
+        threshold = recipe.outlier_threshold if quant_method(recipe.method).keeps_outliers else None
         return W8A8Linear(qw, bias, torch.float32, recipe.activation_granularity, threshold)
     return (Int8Linear if qw.spec.bits == 8 else Int4Linear)(qw, bias, weight_only)
 
@@ -75,8 +77,12 @@ def compute_dtype(recipe: QuantRecipe) -> torch.dtype:
 # --- the model's linear layers ------------------------------------------------------------------
 
 def block_linears(block) -> dict[str, tuple[nn.Module, str]]:
-    return {"attention.wqkv": (block.attention, "wqkv"), "attention.wo": (block.attention, "wo"),
-            "feed_forward.w13": (block.feed_forward, "w13"), "feed_forward.w2": (block.feed_forward, "w2")}
+    """Attribute path (as the weight map names it) -> (parent module, attribute) of a block's linears."""
+    linears = {}
+    for path in BLOCK_LINEARS:
+        parent, attr = path.split(".")
+        linears[path] = (getattr(block, parent), attr)
+    return linears
 
 
 def _dense(layer: nn.Module, name: str) -> DenseLinear:
@@ -85,90 +91,10 @@ def _dense(layer: nn.Module, name: str) -> DenseLinear:
     return layer
 
 
-class _InputRecorder:
-    """Statistics of what one linear layer receives (forward pre-hook)."""
-
-    def __init__(self, columns: int, hessian: bool, sample_rows: int):
-        self.hessian = gptq.HessianAccumulator(columns) if hessian else None
-        self.abs_sum = torch.zeros(columns)
-        self.abs_max = torch.zeros(columns)
-        self.rows = 0
-        self.sample_rows = sample_rows
-        self.samples: list[torch.Tensor] = []
-        self.sampled = 0
-
-    def __call__(self, module, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        if self.hessian is not None:
-            self.hessian.add(x)
-        self.abs_sum += x.abs().sum(0)
-        self.abs_max = torch.maximum(self.abs_max, x.abs().amax(0))
-        self.rows += x.shape[0]
-        if self.sampled < self.sample_rows:
-            take = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.rows))
-                     [: self.sample_rows - self.sampled]]
-            self.samples.append(take)
-            self.sampled += take.shape[0]
-
-    @property
-    def abs_mean(self) -> torch.Tensor:
-        return self.abs_sum / max(self.rows, 1)
-
-    def sample(self) -> torch.Tensor:
-        return torch.cat(self.samples)
-
-
-# --- scale folding (AWQ, SmoothQuant) -----------------------------------------------------------
-
-def _scale_input_columns(layer: DenseLinear, scales: torch.Tensor) -> None:
-    w = layer.dense_weight()
-    layer.replace_weight(w * scales.to(w.dtype)[None, :])
-
-
-def _fold_into_norm(norm, scales: torch.Tensor) -> None:
-    norm.weight.data.div_(scales.to(norm.weight.dtype))
-
-
-def _fold_into_up_rows(w13: DenseLinear, hidden: int, scales: torch.Tensor) -> None:
-    """w2's input is silu(gate) * up: dividing up's rows divides that input channel-wise."""
-    w = w13.dense_weight().clone()
-    w[hidden:].div_(scales.to(w.dtype)[:, None])
-    w13.replace_weight(w)
-
-
-def _fold_scales(block, recorders: dict[str, _InputRecorder], recipe: QuantRecipe) -> dict[str, str]:
-    """Find and fold AWQ or SmoothQuant scales for this block; returns a note per layer."""
-    attention, ffn = block.attention, block.feed_forward
-    notes = {}
-    if recipe.method == "awq":
-        targets = [("attention.wqkv", attention.wqkv, lambda s: _fold_into_norm(block.attention_norm, s)),
-                   ("feed_forward.w13", ffn.w13, lambda s: _fold_into_norm(block.ffn_norm, s)),
-                   ("feed_forward.w2", ffn.w2, lambda s: _fold_into_up_rows(ffn.w13, ffn.hidden, s))]
-        for name, layer, fold in targets:
-            rec = recorders[name]
-            found = awq.search_scales(layer.dense_weight(), rec.sample(), rec.abs_mean, recipe.weight_spec,
-                                      recipe.awq_grid)
-            fold(found.scales)
-            _scale_input_columns(layer, found.scales)
-            notes[name] = f"awq ratio {found.ratio:.2f}, output mse {found.first_loss:.3g} -> {found.loss:.3g}"
-    elif recipe.method == "smoothquant":
-        for name, layer, norm in (("attention.wqkv", attention.wqkv, block.attention_norm),
-                                  ("feed_forward.w13", ffn.w13, block.ffn_norm)):
-            scales = smoothquant.smoothing_scales(recorders[name].abs_max, layer.dense_weight(), recipe.alpha)
-            _fold_into_norm(norm, scales)
-            _scale_input_columns(layer, scales)
-            notes[name] = f"smoothed (alpha {recipe.alpha}), max|x| {recorders[name].abs_max.max():.1f}"
-    return notes
-
-
 # --- quantizing ---------------------------------------------------------------------------------
 
-def _quantize_layer(layer: DenseLinear, recipe: QuantRecipe, recorder: _InputRecorder | None) -> QuantizedWeight:
-    weight = layer.dense_weight().float()
-    if recipe.method == "gptq":
-        return gptq.gptq_quantize(weight, recorder.hessian.hessian(), recipe.weight_spec, recipe.damp,
-                                  recipe.desc_act)
-    return quantize(weight, recipe.weight_spec)
+def _quantize_layer(layer: DenseLinear, recipe: QuantRecipe, recorder: InputRecorder | None) -> QuantizedWeight:
+    return quant_method(recipe.method).quantize_weight(layer.dense_weight().float(), recorder, recipe)
 
 
 def _replace(parent: nn.Module, attr: str, name: str, qw: QuantizedWeight, layer: DenseLinear,
@@ -182,7 +108,7 @@ def _replace(parent: nn.Module, attr: str, name: str, qw: QuantizedWeight, layer
 
 
 def _quantize_layers(index: int, block, names: list[str], recipe: QuantRecipe, report: QuantizationReport,
-                     recorders: dict[str, _InputRecorder] | None, notes: dict[str, str]) -> None:
+                     recorders: dict[str, InputRecorder] | None, notes: dict[str, str]) -> None:
     linears = block_linears(block)
     for name in names:
         parent, attr = linears[name]
@@ -194,7 +120,7 @@ def _quantize_layers(index: int, block, names: list[str], recipe: QuantRecipe, r
 
 
 def _record_block_inputs(block, names: list[str], xs: list[torch.Tensor], cos, sin, mask, is_causal,
-                         recipe: QuantRecipe) -> dict[str, _InputRecorder]:
+                         recipe: QuantRecipe) -> dict[str, InputRecorder]:
     """Run the calibration states through the block, recording what the layers `names` receive."""
     recorders = {}
     linears = block_linears(block)
@@ -202,8 +128,8 @@ def _record_block_inputs(block, names: list[str], xs: list[torch.Tensor], cos, s
         for name in names:
             parent, attr = linears[name]
             layer = getattr(parent, attr)
-            rec = _InputRecorder(layer.in_features, recipe.method == "gptq",
-                                 AWQ_SAMPLE_ROWS if recipe.method == "awq" else 0)
+            method = quant_method(recipe.method)
+            rec = InputRecorder(layer.in_features, method.needs_hessian, method.sample_rows)
             recorders[name] = rec
             stack.callback(layer.register_forward_pre_hook(rec).remove)
         for x in xs:
@@ -213,7 +139,8 @@ def _record_block_inputs(block, names: list[str], xs: list[torch.Tensor], cos, s
 
 def _quantize_calibrated_block(index, block, xs, cos, sin, mask, is_causal, recipe, report) -> None:
     names = list(block_linears(block))
-    if recipe.method == "gptq":
+    method = quant_method(recipe.method)
+    if method.layer_by_layer:
         # True-sequential: each layer's Hessian comes from inputs that already passed through the
         # quantized layers before it in the block.
         for name in names:
@@ -221,7 +148,7 @@ def _quantize_calibrated_block(index, block, xs, cos, sin, mask, is_causal, reci
             _quantize_layers(index, block, [name], recipe, report, recorders, {})
         return
     recorders = _record_block_inputs(block, names, xs, cos, sin, mask, is_causal, recipe)
-    notes = _fold_scales(block, recorders, recipe)
+    notes = method.fold_scales(block, recorders, recipe) if method.fold_scales else {}
     _quantize_layers(index, block, names, recipe, report, recorders, notes)
 
 
@@ -269,18 +196,17 @@ def _convert_float_parts(model: Transformer, dtype: torch.dtype) -> None:
     model.weight_dtype = dtype
 
 
-def quantized_layer_factory(tensors, recipe: QuantRecipe, body_spec: QuantSpec, head_spec: QuantSpec | None,
-                            dtype: torch.dtype, act_dtype: torch.dtype | None = None):
-    """For Transformer.from_hf_tensors: the layer for HF weights `names` of a saved quantized model
+def quantized_layer_factory(config: ModelConfig, tensors, quantization: Quantization, dtype: torch.dtype,
+                            act_dtype: torch.dtype | None = None):
+    """For Transformer.from_hf_tensors: the layer for a FusedLinear of a saved quantized model
     (float parts in `dtype`; `act_dtype` for the integer layers' activations, see make_layer)."""
-    from lmforge.quant.serialize import read_fused
+    tied = WeightMap(config).head_is_embedding(tensors)
 
-    def make(names: list[str], bias: bool) -> nn.Module:
-        if not all(f"{n}.weight_shape" in tensors for n in names):  # left in float
-            return dense_layer(tensors, names, bias, dtype)
-        head = names == ["lm_head"]
-        qw, biases = read_fused(tensors, names, head_spec if head else body_spec, bias)
-        tied = head and "model.embed_tokens.weight" not in tensors  # the head holds the embedding
-        return make_layer(qw, biases, recipe, head, tied, act_dtype)
+    def make(fused: FusedLinear) -> nn.Module:
+        if not all(is_quantized(tensors, n) for n in fused.parts):  # left in float
+            return dense_layer(tensors, fused, dtype)
+        head = fused.module == OUTPUT
+        qw, biases = read_fused(tensors, fused, quantization.head if head else quantization.body)
+        return make_layer(qw, biases, quantization.recipe, head, head and tied, act_dtype)
 
     return make

@@ -13,7 +13,6 @@ their `act_dtype` and their output back.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

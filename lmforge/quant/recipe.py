@@ -1,11 +1,54 @@
-"""What a quantization run does: the method and its settings, as one plain record."""
+"""What quantization does, as plain records: a weight format (QuantSpec), a run's method and
+settings (QuantRecipe), and how a saved checkpoint is quantized (Quantization)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from lmforge.errors import LmforgeError
-from lmforge.quant.rtn import PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantSpec
+
+PER_TENSOR = "tensor"
+PER_CHANNEL = "channel"
+PER_GROUP = "group"
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = PER_CHANNEL
+    group_size: int = 128
+
+    def __post_init__(self):
+        if self.bits not in (2, 3, 4, 8):
+            raise LmforgeError(f"bits must be 2, 3, 4 or 8, got {self.bits}")
+        if self.granularity not in (PER_TENSOR, PER_CHANNEL, PER_GROUP):
+            raise LmforgeError(f"granularity must be tensor, channel or group, got {self.granularity!r}")
+        if self.granularity == PER_GROUP and self.group_size < 1:
+            raise LmforgeError("group_size must be positive")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+
+    def group_width(self, cols: int) -> int:
+        return min(self.group_size, cols) if self.granularity == PER_GROUP else cols
+
+    def num_groups(self, cols: int) -> int:
+        return math.ceil(cols / self.group_width(cols))
+
+    def storage_dtype(self):
+        """The torch dtype that holds the levels."""
+        import torch  # the records here are plain: only this method needs torch
+
+        return torch.uint8 if self.qmax > 127 else torch.int8
+
+
 
 METHODS = ("rtn", "llm-int8", "gptq", "awq", "smoothquant")
 WEIGHT_ONLY = ("rtn", "gptq", "awq")
@@ -116,3 +159,30 @@ class QuantRecipe:
     def from_dict(cls, d: dict) -> "QuantRecipe":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a saved checkpoint's weights are quantized."""
+
+    recipe: QuantRecipe
+    body: QuantSpec
+    """The format of the decoder blocks' linear layers."""
+    head: QuantSpec | None
+    """The output layer's format; None when it is kept in float."""
+
+
+HEAD_BITS = {"float": None, "int8": 8, "int4": 4}
+
+
+def recipe_with_defaults(method: str, bits: int = 8, group_size: int | None = None, granularity: str | None = None,
+                         symmetric: bool = True, head: str = "int8", **settings) -> QuantRecipe:
+    """The recipe `lmforge quantize` makes of its flags: unless told otherwise, 4-bit weights and
+    AWQ go in groups of 128 and W8A8 methods per channel. `settings`: the other QuantRecipe fields."""
+    if granularity is None:
+        grouped = group_size is not None or bits == 4 or method == "awq"
+        granularity = PER_GROUP if grouped and method not in ("llm-int8", "smoothquant") else PER_CHANNEL
+    if head not in HEAD_BITS:
+        raise LmforgeError(f"the output layer is int8, int4 or float, got {head!r}")
+    return QuantRecipe(method=method, bits=bits, granularity=granularity, group_size=group_size or 128,
+                       symmetric=symmetric, head_bits=HEAD_BITS[head], **settings)

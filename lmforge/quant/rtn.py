@@ -15,44 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.quant.recipe import PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantSpec
 
-PER_TENSOR = "tensor"
-PER_CHANNEL = "channel"
-PER_GROUP = "group"
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    bits: int = 8
-    symmetric: bool = True
-    granularity: str = PER_CHANNEL
-    group_size: int = 128
-
-    def __post_init__(self):
-        if self.bits not in (2, 3, 4, 8):
-            raise LmforgeError(f"bits must be 2, 3, 4 or 8, got {self.bits}")
-        if self.granularity not in (PER_TENSOR, PER_CHANNEL, PER_GROUP):
-            raise LmforgeError(f"granularity must be tensor, channel or group, got {self.granularity!r}")
-        if self.granularity == PER_GROUP and self.group_size < 1:
-            raise LmforgeError("group_size must be positive")
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
-
-    def group_width(self, cols: int) -> int:
-        return min(self.group_size, cols) if self.granularity == PER_GROUP else cols
-
-    def num_groups(self, cols: int) -> int:
-        return math.ceil(cols / self.group_width(cols))
-
-    def storage_dtype(self) -> torch.dtype:
-        return torch.uint8 if self.qmax > 127 else torch.int8
-
+__all__ = ["PER_CHANNEL", "PER_GROUP", "PER_TENSOR", "QuantSpec", "QuantizedWeight", "quantize"]
 
 @dataclass
 class QuantizedWeight:

@@ -20,8 +20,9 @@ import torch
 from lmforge.atomic import new_folder
 from lmforge.config import ModelConfig
 from lmforge.errors import ModelError
-from lmforge.quant.recipe import QuantRecipe
-from lmforge.quant.rtn import PER_CHANNEL, PER_GROUP, PER_TENSOR, QuantizedWeight, QuantSpec
+from lmforge.models.weights import EMBEDDING, FINAL_NORM, LM_HEAD, OUTPUT, FusedLinear, WeightMap
+from lmforge.quant.recipe import PER_CHANNEL, PER_GROUP, PER_TENSOR, Quantization, QuantRecipe, QuantSpec
+from lmforge.quant.rtn import QuantizedWeight
 from lmforge.tokenizer import copy_tokenizer_files
 
 FORMAT_VERSION = 1
@@ -107,33 +108,10 @@ def read_quantized(tensors, name: str, spec: QuantSpec) -> QuantizedWeight:
     return QuantizedWeight(q.to(spec.storage_dtype()), scale, zero, spec, g_idx)
 
 
-def read_fused(tensors, names: list[str], spec: QuantSpec, bias: bool) -> tuple[QuantizedWeight, torch.Tensor | None]:
-    """The weights `names` (q|k|v, gate|up) stacked by rows as one QuantizedWeight, with their biases."""
-    qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in names])
-    return qw, (torch.cat([tensors[n + ".bias"] for n in names]) if bias else None)
-
-
-# --- naming -----------------------------------------------------------------------------------
-
-def hf_names(config: ModelConfig, fused: str) -> list[tuple[str, int]]:
-    """Hugging Face names and row counts of one of lmforge's fused layers."""
-    if fused == "output":
-        return [("lm_head", config.vocab_size)]
-    _, layer, module, attr = fused.split(".")
-    p = f"model.layers.{layer}."
-    q_dim, kv_dim = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    return {"wqkv": [(p + "self_attn.q_proj", q_dim), (p + "self_attn.k_proj", kv_dim),
-                     (p + "self_attn.v_proj", kv_dim)],
-            "wo": [(p + "self_attn.o_proj", config.hidden_size)],
-            "w13": [(p + "mlp.gate_proj", config.intermediate_size), (p + "mlp.up_proj", config.intermediate_size)],
-            "w2": [(p + "mlp.down_proj", config.hidden_size)]}[attr]
-
-
-def _split(config: ModelConfig, fused: str, qw: QuantizedWeight, bias: torch.Tensor | None):
-    start = 0
-    for name, rows in hf_names(config, fused):
-        yield name, qw.rows(start, start + rows), (bias[start:start + rows] if bias is not None else None)
-        start += rows
+def read_fused(tensors, fused: FusedLinear, spec: QuantSpec) -> tuple[QuantizedWeight, torch.Tensor | None]:
+    """The weights of `fused` (q|k|v, gate|up) stacked by rows as one QuantizedWeight, with their biases."""
+    qw = QuantizedWeight.concat_rows([read_quantized(tensors, n, spec) for n in fused.parts])
+    return qw, (torch.cat([tensors[n + ".bias"] for n in fused.parts]) if fused.bias else None)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -174,8 +152,8 @@ def _spec_from_args(args: dict) -> QuantSpec:
                      int(args.get("group_size") or 128))
 
 
-def read_quantization_config(qc: dict, where: Path) -> tuple[QuantRecipe, QuantSpec, QuantSpec | None]:
-    """(recipe, body weight spec, head weight spec or None) of a compressed-tensors config."""
+def read_quantization_config(qc: dict, where: Path) -> Quantization:
+    """How a compressed-tensors config says the weights are quantized."""
     if qc.get("quant_method") != "compressed-tensors":
         raise ModelError(f"{where}: quantization method {qc.get('quant_method')!r} is not supported; lmforge "
                          f"reads compressed-tensors checkpoints")
@@ -194,7 +172,7 @@ def read_quantization_config(qc: dict, where: Path) -> tuple[QuantRecipe, QuantS
         recipe = QuantRecipe("rtn", body_spec.bits, body_spec.granularity, body_spec.group_size,
                              body_spec.symmetric, 8 if head_spec else None,
                              activations=(acts or {}).get("strategy") if acts else None)
-    return recipe, body_spec, head_spec
+    return Quantization(recipe, body_spec, head_spec)
 
 
 # --- save -------------------------------------------------------------------------------------
@@ -207,26 +185,27 @@ def save_quantized(model, config: ModelConfig, recipe: QuantRecipe, weights: dic
     from safetensors.torch import save_file
 
     out = Path(out)
+    names = WeightMap(config)
     tensors: dict[str, torch.Tensor] = {}
     head_spec = None
-    for fused, (qw, bias) in weights.items():
-        if fused == "output":
+    for module, (qw, bias) in weights.items():
+        if module == OUTPUT:
             head_spec = qw.spec
-        for name, part, part_bias in _split(config, fused, qw, bias):
-            tensors.update(quantized_tensors(name, part))
-            if part_bias is not None:
-                tensors[f"{name}.bias"] = part_bias.contiguous()
+        for name, start, end in names.linear(module).slices():
+            tensors.update(quantized_tensors(name, qw.rows(start, end)))
+            if bias is not None:
+                tensors[f"{name}.bias"] = bias[start:end].contiguous()
     state = model.state_dict()
     for i in range(config.num_layers):
-        tensors[f"model.layers.{i}.input_layernorm.weight"] = state[f"layers.{i}.attention_norm.weight"]
-        tensors[f"model.layers.{i}.post_attention_layernorm.weight"] = state[f"layers.{i}.ffn_norm.weight"]
-    tensors["model.norm.weight"] = state["norm.weight"]
+        for attr, name in names.block_norms(i).items():
+            tensors[name] = state[f"layers.{i}.{attr}.weight"]
+    tensors[FINAL_NORM] = state["norm.weight"]
     if model.embed is not None:
-        tensors["model.embed_tokens.weight"] = model.embed.weight
-    elif "output" not in weights:
-        tensors["model.embed_tokens.weight"] = model.output.dense_weight()
-    if "output" not in weights and not config.tie_word_embeddings:
-        tensors["lm_head.weight"] = model.output.dense_weight()
+        tensors[EMBEDDING + ".weight"] = model.embed.weight
+    elif OUTPUT not in weights:  # a float tied head is the embedding table
+        tensors[EMBEDDING + ".weight"] = model.output.dense_weight()
+    if OUTPUT not in weights and not config.tie_word_embeddings:
+        tensors[LM_HEAD + ".weight"] = model.output.dense_weight()
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
 
     hf_config = config.to_hf_dict()

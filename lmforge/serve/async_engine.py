@@ -84,6 +84,23 @@ class AsyncEngine:
     def num_running(self) -> int:
         return self.engine.num_running
 
+    @property
+    def kv_slots_used(self) -> int:
+        return self.engine.cache.used_slots
+
+    @property
+    def kv_slots_total(self) -> int:
+        return self.engine.cache.num_slots
+
+    @property
+    def max_seq_len(self) -> int:
+        """Prompt plus answer tokens one sequence may hold."""
+        return self.engine.max_seq_len
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Text or token ids -> ids the model takes (RequestError for empty or out-of-vocabulary ones)."""
+        return self.engine.encode_prompt(prompt)
+
     def retry_after(self) -> int:
         """Seconds until a queue place is likely free: one request's worth of steps."""
         return max(1, round(self.step_seconds * 64))

@@ -36,9 +36,8 @@ class ServerMetrics:
         """Called by the engine thread after each step."""
         self.running.set(engine.num_running)
         self.waiting.set(engine.num_waiting)
-        cache = engine.engine.cache
-        self.kv_slots_used.set(cache.used_slots)
-        self.kv_slots_total.set(cache.num_slots)
+        self.kv_slots_used.set(engine.kv_slots_used)
+        self.kv_slots_total.set(engine.kv_slots_total)
 
     def observe_completion(self, completion) -> None:
         self.prompt_tokens.inc(completion.prompt_tokens)

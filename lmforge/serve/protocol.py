@@ -121,7 +121,3 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model: str | None = None
     tokens: list[int] = Field(..., max_length=1_000_000)
-
-
-def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

@@ -7,13 +7,15 @@ import sys
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.quant.compare import describe, parse_variants
+from lmforge.precision import INT4_GROUP
+from lmforge.bench.compare import describe, parse_variants
 
 
 def test_variant_names_are_checked(tmp_path):
     assert parse_variants("fp32, int4-gptq") == ["fp32", "int4-gptq"]
     assert parse_variants(str(tmp_path)) == [str(tmp_path)]  # a saved folder
-    assert describe("int4-awq") == "awq 4-bit sym per group 128"
+    assert describe("int4-awq") == f"awq 4-bit sym per group {INT4_GROUP}"  # the one meaning of int4
+    assert describe("int4-rtn") == describe("int4") == f"rtn 4-bit sym per group {INT4_GROUP}"
     with pytest.raises(LmforgeError, match="unknown variant 'int3'"):
         parse_variants("fp32,int3")
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
-from lmforge.cpu_kernels import (HALF_PRODUCT_MIN_ROWS_TO_CONVERT, fast_half_linear, half_products_are_slow,
-                                 onednn_packing_works)
 from lmforge.errors import ModelError
-from lmforge.native import one_query_attention, rms_norm_kernel
+from lmforge.models.layers import DenseLinear, RMSNorm, dense_layer, pack_linears, tracing
+from lmforge.models.weights import EMBEDDING, FINAL_NORM, WeightMap
+from lmforge.native import one_query_attention
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
@@ -45,121 +45,6 @@ def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, with rotate_half as a roll and the sign folded into sin."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = rms_norm_kernel()  # PyTorch's CPU rms_norm is ~7 kernels: 3x slower for a row, 30x for 512
-        if kernel is not None and kernel.supports(x, self.weight) and not _tracing():
-            return kernel(x, self.weight, self.eps)
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-
-
-def _tracing() -> bool:
-    """Whether the model is being compiled or traced (native kernels are opaque to both)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-class DenseLinear(nn.Module):
-    """y = x W^T + b with the weight in the layout the CPU kernels read fastest.
-
-    Layouts: "plain" keeps W ([out, in]), the only layout with a fast bfloat16 kernel. Float32
-    activations of a few rows (decoding) go to lmforge's native kernel where it is faster
-    (`cpu_kernels.fast_half_linear`); otherwise an input in another dtype is cast to W's and
-    back, and where half-precision arithmetic is emulated (AVX2) a many-row product converts W
-    to float32.
-    "transposed" keeps W^T ([in, out]) for float32: MKL's one-row product reads it ~1.4x faster.
-    "packed" is oneDNN's prepacked float32 weight (`pack_()`): as fast for one row, 2-3x faster
-    for a few rows (batched decode) and ~1.3x for prompts. A packed weight cannot be indexed,
-    so the tied embedding's table (the output layer) stays transposed.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.layout = "plain"
-
-    @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DenseLinear":
-        layer = cls(weight.shape[1], weight.shape[0], bias is not None)
-        layer.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
-        layer.replace_weight(weight)
-        return layer
-
-    def replace_weight(self, weight: torch.Tensor) -> None:
-        """Store W ([out, in]) in this layer's layout (float32 plain becomes transposed)."""
-        if self.layout == "packed" and weight.dtype == torch.float32:
-            stored = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 512)
-        elif weight.dtype == torch.float32:
-            self.layout, stored = "transposed", weight.t().contiguous()
-        else:
-            self.layout, stored = "plain", weight
-        self.weight = nn.Parameter(stored, requires_grad=False)
-
-    def pack_(self) -> bool:
-        """Switch a float32 weight to oneDNN's packed layout where this build has it."""
-        if self.weight.dtype != torch.float32 or self.layout == "packed" or not onednn_packing_works():
-            return False
-        weight = self.dense_weight()
-        self.layout = "packed"
-        self.replace_weight(weight)
-        return True
-
-    def dense_weight(self) -> torch.Tensor:
-        """W as [out, in]: a view of the stored weight, except a copy for the packed layout
-        (change weights through `replace_weight`)."""
-        if self.layout == "packed":
-            return self.weight.to_dense()
-        return self.weight.t() if self.layout == "transposed" else self.weight
-
-    def _plain_product(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        few_rows = x.numel() < HALF_PRODUCT_MIN_ROWS_TO_CONVERT * self.in_features
-        if few_rows and x.dtype == torch.float32 and weight.dtype != torch.float32 and not _tracing():
-            kernels = fast_half_linear(weight.dtype)
-            if kernels is not None and kernels.supports(x, weight):
-                float_bias = bias.float().contiguous() if bias is not None else None
-                return kernels.linear_unchecked(x.contiguous(), weight, float_bias)
-        if weight.dtype != torch.float32 and not few_rows and half_products_are_slow(weight.dtype):
-            y = F.linear(x.float(), weight.float(), bias.float() if bias is not None else None)
-            return y.to(x.dtype)
-        if x.dtype == weight.dtype:
-            return F.linear(x, weight, bias)
-        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
-
-    def embedding(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Rows of W: the table of a tied input embedding."""
-        if self.layout == "packed":
-            raise ModelError("a packed output layer cannot serve as the embedding table")
-        return F.embedding(tokens, self.dense_weight()).to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "packed":
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        if self.layout == "plain":
-            return self._plain_product(x)
-        y = x @ self.weight
-        return y + self.bias if self.bias is not None else y
-
-
-def pack_linears(module: nn.Module) -> int:
-    """Pack every float32 DenseLinear inside `module`; returns how many were packed."""
-    return sum(layer.pack_() for layer in module.modules() if isinstance(layer, DenseLinear))
-
-
-def dense_layer(tensors, names: list[str], bias: bool, dtype: torch.dtype) -> DenseLinear:
-    """One layer for the HF weights `names` stacked by rows (q|k|v, gate|up)."""
-    weights = [tensors[n + ".weight"].to(dtype) for n in names]
-    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-    b = torch.cat([tensors[n + ".bias"].to(dtype) for n in names]) if bias else None
-    return DenseLinear.from_weight(weight, b)
 
 
 @dataclass(frozen=True)
@@ -286,14 +171,13 @@ class Transformer(nn.Module):
     def _native_attention_fits(self, cache) -> bool:
         """Whether one_query_attention takes this model's q (float32) and the cache's k/v as
         `update_and_fetch` returns them (its dtype; an int8 cache dequantized to q's)."""
-        if _tracing() or self.activation_dtype != torch.float32 or self.norm.weight.requires_grad:
+        if tracing() or self.activation_dtype != torch.float32 or self.norm.weight.requires_grad:
             return False
         kernel = one_query_attention()
         if kernel is None:
             return False
-        c, store = self.config, cache.cache
-        return kernel.supports_heads(c.num_heads, c.num_kv_heads, c.head_dim,
-                                     torch.float32 if store.quantized else store.dtype)
+        c = self.config
+        return kernel.supports_heads(c.num_heads, c.num_kv_heads, c.head_dim, cache.stored_dtype)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin [B, 1, T, head_dim] for `positions` [B, T]."""
@@ -319,41 +203,32 @@ class Transformer(nn.Module):
     def from_hf_tensors(cls, config: ModelConfig, tensors: dict[str, torch.Tensor],
                         dtype: torch.dtype = torch.float32, linear_factory=None,
                         activation_dtype: torch.dtype = torch.float32) -> "Transformer":
-        """Build the model from tensors with Hugging Face names (q/k/v and gate/up are fused).
+        """Build the model from tensors with Hugging Face names (q/k/v and gate/up are fused,
+        as `models.weights.WeightMap` says).
 
-        `linear_factory(names, bias)` builds the layer that stands for the weights `names` stacked
-        by rows (a quantized checkpoint passes its own); the default reads dense `.weight`s.
+        `linear_factory(fused)` builds the layer for a `FusedLinear` (a quantized checkpoint
+        passes its own); the default reads dense `.weight`s.
         Weights are kept in `dtype`; everything between the products runs in `activation_dtype`:
         float32 by default, because CPUs without bfloat16 arithmetic run the many small norm,
         rotation and attention kernels of a bfloat16 model faster and more exactly in float32."""
         with torch.device("meta"):
             model = cls(config)
-
-        def get(name):
-            return tensors[name].to(dtype)
+        weights = WeightMap(config)
 
         def norm_weight(name):
             return nn.Parameter(tensors[name].to(activation_dtype), requires_grad=False)
 
-        make = linear_factory or (lambda names, bias: dense_layer(tensors, names, bias, dtype))
-
-        def linear(*names, bias=False):
-            return make(list(names), bias)
-
+        make = linear_factory or (lambda fused: dense_layer(tensors, fused, dtype))
         if model.embed is not None:
-            model.embed = nn.Embedding.from_pretrained(get("model.embed_tokens.weight"), freeze=True)
-        head = "lm_head" if not config.tie_word_embeddings or "model.embed_tokens.weight" not in tensors \
-            else "model.embed_tokens"
-        model.output = linear(head)
-        model.norm.weight = norm_weight("model.norm.weight")
+            model.embed = nn.Embedding.from_pretrained(tensors[EMBEDDING + ".weight"].to(dtype), freeze=True)
+        model.output = make(weights.head(tensors))
+        model.norm.weight = norm_weight(FINAL_NORM)
         for i, block in enumerate(model.layers):
-            p = f"model.layers.{i}."
-            block.attention_norm.weight = norm_weight(p + "input_layernorm.weight")
-            block.ffn_norm.weight = norm_weight(p + "post_attention_layernorm.weight")
-            block.attention.wqkv = linear(*(p + f"self_attn.{n}_proj" for n in "qkv"), bias=config.attention_bias)
-            block.attention.wo = linear(p + "self_attn.o_proj")
-            block.feed_forward.w13 = linear(p + "mlp.gate_proj", p + "mlp.up_proj")
-            block.feed_forward.w2 = linear(p + "mlp.down_proj")
+            for attr, name in weights.block_norms(i).items():
+                getattr(block, attr).weight = norm_weight(name)
+            for path, fused in weights.block_linears(i).items():
+                parent, attr = path.split(".")
+                setattr(getattr(block, parent), attr, make(fused))
         model.inv_freq = rope_inverse_frequencies(config)
         model.weight_dtype = dtype
         pack_linears(model.layers)  # not the output layer: it may be the embedding table

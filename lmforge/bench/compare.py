@@ -1,9 +1,9 @@
 """The seed's quantization experiment: the same model at several precisions and methods, measured
 on size, memory, speed, quality against float32, and the answers themselves.
 
-A variant name says what to build: fp32, bf16, int8 (RTN per channel), int8-asym, int4-rtn,
-int4-gptq, int4-awq (groups of 128, symmetric), w8a8-sq (SmoothQuant), w8a8-rtn (W8A8 per tensor,
-no smoothing), llm-int8. A path to a saved quantized folder works as a variant too.
+A variant is a precision name (`lmforge.precision`): fp32, bf16, int8 (RTN per channel),
+int8-asym, int4-rtn, int4-gptq, int4-awq, w8a8-sq (SmoothQuant), w8a8-rtn (W8A8 per tensor, no
+smoothing), llm-int8. A path to a saved quantized folder works as a variant too.
 """
 
 from __future__ import annotations
@@ -12,26 +12,18 @@ import json
 import math
 import os
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
+from lmforge.api import load
+from lmforge.bench.offline import measure_speed
 from lmforge.errors import LmforgeError
-from lmforge.quant.recipe import QuantRecipe
+from lmforge.evaluate import evaluate
+from lmforge.precision import COMPARE_VARIANTS, precision
+from lmforge.quant.workflow import weight_bytes, weights_file_bytes
+from lmforge.sampling import SamplingParams
+from lmforge.variants import build_quantized
 
-VARIANTS: dict[str, QuantRecipe | str] = {
-    "fp32": "float32",
-    "bf16": "bfloat16",
-    "int8": QuantRecipe("rtn", 8),
-    "int8-asym": QuantRecipe("rtn", 8, symmetric=False),
-    "int4-rtn": QuantRecipe("rtn", 4, "group", 128),
-    "int4-gptq": QuantRecipe("gptq", 4, "group", 128),
-    "int4-awq": QuantRecipe("awq", 4, "group", 128),
-    "w8a8-sq": QuantRecipe("smoothquant"),
-    "w8a8-rtn": QuantRecipe("rtn", 8, "tensor", activations="tensor"),
-    "llm-int8": QuantRecipe("llm-int8"),
-}
 DEFAULT_PROMPTS = ("What is the capital of France?", "Explain in one sentence why the sky is blue.")
 
 
@@ -61,48 +53,30 @@ def parse_variants(text: str) -> list[str]:
     if not names:
         raise LmforgeError("--variants: give at least one variant")
     for name in names:
-        if name not in VARIANTS and not Path(name).is_dir():
-            raise LmforgeError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} or a quantized folder")
+        if name not in COMPARE_VARIANTS and not Path(name).is_dir():
+            raise LmforgeError(f"unknown variant {name!r}; choose from {', '.join(COMPARE_VARIANTS)} "
+                               f"or a quantized folder")
     return names
 
 
 def describe(name: str) -> str:
-    spec = VARIANTS.get(name)
-    if spec is None:
+    if name not in COMPARE_VARIANTS:
         return f"saved model {name}"
-    if isinstance(spec, str):
-        return spec
-    r = spec
-    text = f"{r.method} {r.bits}-bit {'sym' if r.symmetric else 'asym'} per {r.granularity}"
-    text += f" {r.group_size}" if r.granularity == "group" else ""
-    return text + (f", int8 activations per {r.activation_granularity}" if r.activation_granularity else "")
+    return precision(name).description
 
 
 def build_variant(model, name: str, calibration_file, work_dir: Path):
     """(LoadedModel, file bytes, seconds spent quantizing) for one variant."""
-    import lmforge
-    from lmforge.quant.serialize import save_quantized
-    from lmforge.quant.workflow import quantize_loaded, weights_file_bytes
-
-    spec = VARIANTS.get(name)
-    if spec is None:  # a saved folder
-        return lmforge.load(name), weights_file_bytes(Path(name)), 0.0
-    if isinstance(spec, str):
-        lm = lmforge.load(model, spec)
-        bytes_per = 4 if spec == "float32" else 2
-        return lm, lm.config.num_parameters * bytes_per, 0.0
-    lm = lmforge.load(model, "float32")
-    start = time.perf_counter()
-    report = quantize_loaded(lm, spec, calibration_file)
-    seconds = time.perf_counter() - start
-    folder = save_quantized(lm.model, lm.config, spec, report.weights, lm.checkpoint.tokenizer_dir,
-                            work_dir / name, {"name": lm.name})
-    return lm, weights_file_bytes(folder), seconds
+    if name not in COMPARE_VARIANTS:  # a saved folder
+        return load(name), weights_file_bytes(Path(name)), 0.0
+    chosen = precision(name, COMPARE_VARIANTS)
+    if not chosen.quantized:
+        lm = load(model, chosen.dtype)
+        return lm, lm.config.num_parameters * chosen.bits // 8, 0.0
+    return build_quantized(model, chosen, calibration_file, work_dir, reload=False)
 
 
 def answers(lm, prompts, max_tokens: int = 48) -> list[str]:
-    from lmforge import SamplingParams
-
     engine = lm.engine(max_batch=len(prompts), max_seq_len=512)
     ids = [lm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) if lm.tokenizer.has_chat_template
            else lm.tokenizer.encode(p) for p in prompts]
@@ -113,12 +87,7 @@ def compare(model, variants: list[str], text_ids: list[int] | None, prompts=DEFA
             calibration_file=None, ctx: int = 512, stride: int = 256, keep_dir: Path | None = None,
             on_result=None, prompt_tokens: int = 256, decode_tokens: int = 64) -> list[VariantResult]:
     """Build, measure and score each variant; quality is judged against the float32 model."""
-    import lmforge
-    from lmforge.bench.offline import measure_speed
-    from lmforge.evaluate import evaluate
-    from lmforge.quant.workflow import weight_bytes
-
-    reference = lmforge.load(model, "float32") if text_ids is not None else None
+    reference = load(model, "float32") if text_ids is not None else None
     reference_ppl = evaluate(reference.model, text_ids, ctx, stride).perplexity if reference else None
     results = []
     with tempfile.TemporaryDirectory(prefix="lmforge-compare-") as scratch:

@@ -1,0 +1,24 @@
+"""The server's settings, as one plain record (the `lmforge serve` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerSettings:
+    model: str | None = None
+    backend: str | None = None
+    dtype: str | None = None
+    served_model_name: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    max_seq_len: int | None = None
+    prefill_chunk: int = 256
+    api_keys: list[str] = field(default_factory=list)
+    rate_limit: float | None = None  # requests per second per key (or per client address)
+    request_timeout: float = 600.0
+    degrade_at: float = 0.5  # share of the queue that turns on degradation
+    degrade_max_tokens: int = 256
+    cache_size: int = 256
+    drain_timeout: float = 30.0
