@@ -12,6 +12,16 @@ import lmforge
 from lmforge.loading import embedded_model_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Fixtures that load the embedded model (or transformers' copy of it): a test using one is slow.
+SLOW_FIXTURES = {"embedded", "reference_model", "embedded_fp32_export"}
+
+
+def pytest_collection_modifyitems(items):
+    """`-m "not slow"` leaves out every test that loads the embedded model (through a fixture, or
+    marked so by hand where it loads it itself)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,11 +15,12 @@ def test_variant_names_are_checked(tmp_path):
     assert parse_variants("fp32, int4-gptq") == ["fp32", "int4-gptq"]
     assert parse_variants(str(tmp_path)) == [str(tmp_path)]  # a saved folder
     assert describe("int4-awq") == f"awq 4-bit sym per group {INT4_GROUP}"  # the one meaning of int4
-    assert describe("int4-rtn") == describe("int4") == f"rtn 4-bit sym per group {INT4_GROUP}"
+    assert describe("int4-rtn") == f"rtn 4-bit sym per group {INT4_GROUP}"
     with pytest.raises(LmforgeError, match="unknown variant 'int3'"):
         parse_variants("fp32,int3")
 
 
+@pytest.mark.slow  # seven variants of the embedded model, measured
 def test_compare_writes_table_json_and_plot(tmp_path, shared_data):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "lmforge.cli", "compare", "--variants", "fp32,int8,int4-rtn",

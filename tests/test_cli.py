@@ -1,20 +1,44 @@
-"""The lmforge command on the embedded model, in real subprocesses."""
+"""The lmforge command on the embedded model, in-process through `main([...])` (one interpreter
+start per command would cost seconds each); the console script itself runs once."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
 from conftest import save_tiny_model
+from lmforge.cli import main
+
+pytestmark = pytest.mark.slow  # the commands run on the embedded model
 
 
-def run(*args, stdin: str | None = None, check: bool = True):
-    proc = subprocess.run([sys.executable, "-m", "lmforge.cli", *args], capture_output=True, text=True,
-                          input=stdin, timeout=600)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args, stdin: str | None = None, check: bool = True) -> Ran:
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's own errors
+                code = e.code
+    finally:
+        sys.stdin = old_stdin
+    ran = Ran(code, out.getvalue(), err.getvalue())
     if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+        assert ran.returncode == 0, ran.stderr
+    return ran
 
 
 def assert_clean_failure(proc, message: str):
@@ -28,9 +52,10 @@ def test_every_command_has_help(capsys):
     one interpreter start per command would cost ~4 s each)."""
     import argparse
 
-    from lmforge.cli import build_parser, main
+    from lmforge.cli import build_parser
 
-    assert "usage: lmforge" in run("--help").stdout
+    console = subprocess.run([sys.executable, "-m", "lmforge.cli", "--help"], capture_output=True, text=True)
+    assert console.returncode == 0 and "usage: lmforge" in console.stdout
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert {"generate", "chat", "eval", "inspect", "plan", "tokenize", "sampling", "formats", "quantize",
             "compare", "export", "serve"} <= set(commands)

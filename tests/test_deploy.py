@@ -8,6 +8,8 @@ from lmforge.cli import main
 from lmforge.deploy.pipeline import Deploy, DeploySettings
 from lmforge.errors import LmforgeError
 
+pytestmark = pytest.mark.slow  # the whole deploy loop
+
 STAGES = ["inspect", "device", "plan", "quantize", "export", "bench-offline", "quality", "bench-serve", "report"]
 
 

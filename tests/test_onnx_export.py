@@ -182,6 +182,7 @@ def test_embedded_float32_export_matches_pytorch(embedded, embedded_fp32_export)
     assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
 
 
+@pytest.mark.slow  # quantizes and exports the embedded model
 def test_embedded_int4_export_agrees_with_lmforge_int4(tmp_path):
     from lmforge.quant.workflow import quantize_to_folder
 

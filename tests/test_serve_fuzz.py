@@ -7,6 +7,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from test_serve import Server
 
+pytestmark = pytest.mark.slow  # a real server process on the embedded model
+
 
 @pytest.fixture(scope="module")
 def fuzzed_server():

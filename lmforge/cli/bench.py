@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from lmforge.cli.common import err, ms, number_list, out, print_json
+from lmforge.cli.common import emit, err, ms, number_list
 from lmforge.errors import LmforgeError
 
 
@@ -115,12 +115,7 @@ def run_serve(args) -> int:
     result = run_serve_bench(spec, concurrencies, rates, args.num_requests, args.warmup, slo, args.seed,
                              args.max_concurrency, out=args.out, prompt_source=source, show_progress=not args.json,
                              label=args.label)
-    if args.json:
-        print_json(result)
-    else:
-        print_serve_levels(out, result)
-        if args.out:
-            out.print(f"wrote {args.out}")
+    emit(result, args.json, print_serve_levels, args.out)
     failed = sum(level["summary"]["failed"] for level in result["levels"])
     sent = sum(level["summary"]["requests"] for level in result["levels"])
     if failed:
@@ -159,10 +154,5 @@ def run_offline(args) -> int:
 
     result = bench_variant(args.model, args.backend, args.precision, args.prompt_tokens, args.decode_tokens,
                            args.repeats, args.device, args.label, args.out)
-    if args.json:
-        print_json(result)
-    else:
-        print_offline(out, result)
-        if args.out:
-            out.print(f"wrote {args.out}")
+    emit(result, args.json, print_offline, args.out)
     return 0

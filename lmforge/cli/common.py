@@ -22,6 +22,16 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def emit(result, as_json: bool, printer, written: str | None = None) -> None:
+    """A command's result: JSON on stdout, or `printer(out, result)` and where it was written."""
+    if as_json:
+        print_json(result)
+        return
+    printer(out, result)
+    if written:
+        out.print(f"wrote {written}")
+
+
 def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -94,6 +94,10 @@ def _rotary_caches(g: _Graph, config: ModelConfig) -> tuple[str, str]:
 
 def build_decoder(config: ModelConfig, source: LayerSource, opset: int = DEFAULT_OPSET,
                   accuracy_level: int = 4, progress=None) -> onnx.ModelProto:
+    """The decoder graph with KV cache inputs/outputs and dynamic axes.
+
+    Kept as one function on purpose: it reads top to bottom in the order the decoder computes
+    (inputs, mask lengths, embedding, the blocks, norm, the head)."""
     g = _Graph()
     eps = float(config.rms_norm_eps)
     kv_shape = ["batch_size", config.num_kv_heads, "past_sequence_length", config.head_dim]
