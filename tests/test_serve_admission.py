@@ -56,3 +56,16 @@ def test_long_requests_are_capped_while_the_queue_fills():
     assert admission.degraded_headers(True)["X-Lmforge-Degraded"].startswith("max_tokens capped at 16")
     assert admission.degraded_headers(False) == {}
     assert "lmforge_requests_degraded_total 1.0" in metrics.render().decode()
+
+
+@pytest.mark.parametrize("field, value, flag", [("max_batch", 0, "--max-batch"), ("max_queue", 0, "--max-queue"),
+                                                ("prefill_chunk", 0, "--prefill-chunk"),
+                                                ("max_seq_len", 1, "--max-seq-len")])
+def test_settings_out_of_range_name_their_flag(field, value, flag, capsys):
+    from lmforge.cli import main
+    from lmforge.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match=flag):
+        ServerSettings(**{field: value}).check()
+    assert main(["serve", flag, str(value)]) == 1  # refused before anything loads
+    assert flag in capsys.readouterr().err

@@ -39,18 +39,15 @@ def run(args) -> int:
     import uvicorn
 
     from lmforge.serve.app import create_app
-    from lmforge.serve.settings import ServerSettings
     from lmforge.serve.limits import parse_rate
+    from lmforge.serve.settings import ServerSettings
 
     try:
         rate = parse_rate(args.rate_limit)
     except ValueError as e:
         raise LmforgeError(str(e)) from None
-    for name in ("max_batch", "max_queue", "prefill_chunk", "port"):
-        if getattr(args, name) < (0 if name == "port" else 1):
-            raise LmforgeError(f"--{name.replace('_', '-')} must be positive")
-    if args.max_seq_len is not None and args.max_seq_len < 2:
-        raise LmforgeError("--max-seq-len must be at least 2")
+    if args.port < 0:
+        raise LmforgeError("--port must be positive")
     settings = ServerSettings(model=args.model, backend=args.backend, dtype=args.dtype,
                               served_model_name=args.served_model_name,
                               max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len,
@@ -58,6 +55,7 @@ def run(args) -> int:
                               api_keys=list(args.api_key), rate_limit=rate, request_timeout=args.request_timeout,
                               degrade_max_tokens=args.degrade_max_tokens, cache_size=args.cache_size,
                               drain_timeout=args.drain_timeout)
+    settings.check()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     err.print(f"lmforge serve: loading {args.model or 'smollm2-135m'}; listening on http://{args.host}:{args.port} "
               f"(GET /health is 200 once the model is ready)")

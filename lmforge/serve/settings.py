@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmforge.errors import LmforgeError
+
 
 @dataclass
 class ServerSettings:
@@ -22,3 +24,11 @@ class ServerSettings:
     degrade_max_tokens: int = 256
     cache_size: int = 256
     drain_timeout: float = 30.0
+
+    def check(self) -> None:
+        """A LmforgeError naming the first setting out of range (as its `lmforge serve` flag)."""
+        for name in ("max_batch", "max_queue", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise LmforgeError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise LmforgeError("--max-seq-len must be at least 2")
