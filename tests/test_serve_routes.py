@@ -232,7 +232,7 @@ def test_keys_are_checked_before_anything_else(tiny_lm):
                 await client.post("/v1/completions", json=body, headers={"Authorization": "Bearer wrong"}),
                 await client.post("/v1/completions", json=body, headers={"X-API-Key": "sesame"}),
                 await client.post("/v1/completions", json=body, headers={"Authorization": "Bearer other"}),
-                await client.get("/metrics")]
+                await client.get("/metrics", headers={"X-API-Key": "other"})]
 
     *replies, metrics = run_app(tiny_lm, scenario, api_keys=["sesame", "other"])
     assert [r.status_code for r in replies] == [401, 401, 200, 200]
@@ -255,7 +255,7 @@ def test_queue_limit_degradation_and_rate_limit(embedded):
         first = await burst(client, 0.3, 4, body, {"Authorization": "Bearer a"})
         # Six requests a minute per key: another key's burst of 8 gets 2 rate-limit 429s.
         second = await burst(client, 0.0, 8, {**body, "max_tokens": 1}, {"Authorization": "Bearer b"})
-        return first, second, (await client.get("/metrics")).text
+        return first, second, (await client.get("/metrics", headers={"Authorization": "Bearer a"})).text
 
     first, second, metrics = run_app(embedded, scenario, max_batch=1, max_queue=2, rate_limit=6 / 60,
                                      degrade_max_tokens=10, api_keys=["a", "b"])

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--degrade-max-tokens", type=int, default=256,
                    help="when the queue is half full, cap new requests' max_tokens at this (256)")
     p.add_argument("--cache-size", type=int, default=256, help="deterministic answers kept for reuse (256; 0 off)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 2**20,
+                   help="larger request bodies get 413 without being read (4 MiB)")
     p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish requests on SIGTERM (30)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
@@ -54,7 +56,7 @@ def run(args) -> int:
                               prefill_chunk=args.prefill_chunk,
                               api_keys=list(args.api_key), rate_limit=rate, request_timeout=args.request_timeout,
                               degrade_max_tokens=args.degrade_max_tokens, cache_size=args.cache_size,
-                              drain_timeout=args.drain_timeout)
+                              drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_bytes)
     settings.check()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     err.print(f"lmforge serve: loading {args.model or 'smollm2-135m'}; listening on http://{args.host}:{args.port} "

@@ -116,6 +116,9 @@ class Engine:
         if prompt_length >= self.max_seq_len:
             raise RequestError(f"the prompt has {prompt_length} tokens; the context window is "
                                f"{self.max_seq_len} tokens", param="prompt")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise RequestError(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
         if prompt_length + params.max_tokens > self.max_seq_len:
             raise RequestError(f"prompt ({prompt_length} tokens) + max_tokens ({params.max_tokens}) "
                                f"exceeds the context window of {self.max_seq_len} tokens", param="max_tokens")

@@ -13,6 +13,7 @@ from typing import Callable
 from fastapi import FastAPI
 
 from lmforge.serve.errors import install_error_handlers
+from lmforge.serve.gate import Gate
 from lmforge.serve.routes import generate, health, openai, tokens
 from lmforge.serve.settings import ServerSettings
 from lmforge.serve.state import ServerState
@@ -41,4 +42,5 @@ def create_app(settings: ServerSettings, load: Callable | None = None) -> FastAP
     install_error_handlers(app)
     for module in (health, openai, tokens, generate):
         app.include_router(module.router)
+    app.add_middleware(Gate, admission=state.admission, max_body_bytes=settings.max_body_bytes)
     return app

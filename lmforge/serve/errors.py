@@ -34,8 +34,10 @@ def validation_error(e: RequestValidationError) -> ApiError:
     """pydantic's first complaint, as a 400 that names the field."""
     first = e.errors()[0] if e.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = ".".join(loc) or (first.get("ctx") or {}).get("param")
     message = first.get("msg", "invalid request")
+    if first.get("type") == "invalid_unicode":  # the message names the field itself
+        return ApiError(400, message, "invalid_request_error", param)
     if first.get("type") == "json_invalid":
         message, param = "the request body is not valid JSON", None
     elif not loc and first.get("type") in ("model_attributes_type", "dict_type"):

@@ -17,20 +17,28 @@ from lmforge.sampling import SamplingParams
 from lmforge.serve.async_engine import EngineOverloaded, EngineStopped
 from lmforge.serve.errors import ApiError, bad_request
 from lmforge.serve.limits import ResponseCache, retry_after_header
+from lmforge.serve.protocol import check_prompt_characters
 from lmforge.serve.state import ServerState
 
 MAX_PROMPTS = 16
 Job = tuple[list[int], SamplingParams]
 
 
-def prompts_of(state: ServerState, prompt) -> list[list[int]]:
-    """One prompt (text or ids) or a list of them -> token ids of each."""
+async def prompts_of(state: ServerState, prompt) -> list[list[int]]:
+    """One prompt (text or ids) or a list of them -> token ids of each. Tokenizing runs on a
+    worker thread: a long prompt must not hold the event loop (and every other client)."""
     engine = state.engine
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        return [engine.encode_prompt(prompt)]
-    if len(prompt) > MAX_PROMPTS:
+    prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+    if len(prompts) > MAX_PROMPTS:
         raise RequestError(f"at most {MAX_PROMPTS} prompts in one request", param="prompt")
-    return [engine.encode_prompt(p) for p in prompt]
+    check_prompt_characters([p for p in prompts if isinstance(p, str)], engine.max_seq_len)
+    return await asyncio.to_thread(lambda: [engine.encode_prompt(p) for p in prompts])
+
+
+async def chat_prompt(state: ServerState, messages: list[dict]) -> list[int]:
+    """The chat template applied to `messages` (on a worker thread, as prompts_of)."""
+    check_prompt_characters([m["content"] for m in messages], state.engine.max_seq_len, "messages")
+    return await asyncio.to_thread(state.tokenizer.apply_chat_template, messages)
 
 
 async def stream_job(state: ServerState, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:

@@ -1,13 +1,17 @@
 """Request bodies of the HTTP API (OpenAI's and the seed's /generate), validated by pydantic.
 
-Every range is checked here or by SamplingParams, so a bad value becomes a 400 naming it.
+Every check a request can fail without the model is here (ranges, shapes, text that is not
+Unicode, prompts too long to tokenize); the checks that need the model (vocabulary, context
+window) are the engine's (`Engine.encode_prompt`, `Engine.check_fits`). /generate and the OpenAI
+routes share both, so a bad value becomes the same 400 naming it everywhere.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from lmforge.errors import RequestError
 from lmforge.sampling import MAX_LOGPROBS, SamplingParams
@@ -17,11 +21,61 @@ MAX_STOP = 16
 SEED_MAX = 2 ** 63 - 1
 
 
+# A prompt longer than this many characters per token of the window cannot fit (no token of a
+# byte-level vocabulary is this long), so it is refused before the tokenizer spends time on it.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def _lone_surrogate(value, path: str) -> str | None:
+    """The path of the first string in `value` that is not valid Unicode (JSON's "\\ud800"
+    decodes to a lone surrogate, which no tokenizer or UTF-8 encoder takes), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _lone_surrogate(key, path) if isinstance(key, str) else None
+        found = found or _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+class _Body(BaseModel):
+    """A request body: text anywhere in it must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, data):
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            raise PydanticCustomError("invalid_unicode", "{param}: not valid Unicode text (a lone surrogate "
+                                      "such as \\ud800)", {"param": where.split(".")[0] or "body"})
+        return data
+
+
+def check_prompt_characters(texts: list[str], max_seq_len: int, param: str = "prompt") -> None:
+    """Refuse text that cannot fit the window, before tokenizing it (RequestError)."""
+    limit = MAX_CHARS_PER_TOKEN * max_seq_len
+    total = sum(len(t) for t in texts)
+    if total > limit:
+        raise RequestError(f"the prompt has {total} characters; a {max_seq_len}-token window takes at most "
+                           f"{limit}", param=param)
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class _Sampling(_Body):
     """Fields every generation endpoint takes (OpenAI's and vLLM's extensions)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -111,13 +165,13 @@ class GenerateRequest(_Sampling):
     model: str | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Body):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_special_tokens: bool = True
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: list[int] = Field(..., max_length=1_000_000)

@@ -17,7 +17,7 @@ router = APIRouter()
 @router.post("/generate")
 async def generate(body: GenerateRequest, request: Request):
     state = admit(request, body.model)
-    prompt_ids = prompts_of(state, body.prompt)[0]
+    prompt_ids = (await prompts_of(state, body.prompt))[0]
     max_tokens, degraded = state.admission.budget(body.max_tokens, len(prompt_ids), state.engine.max_seq_len,
                                                   state.engine.num_waiting)
     jobs = [(prompt_ids, body.sampling_params(max_tokens))]

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lmforge.engine import Completion, RequestOutput
 from lmforge.serve.errors import ApiError
-from lmforge.serve.generation import Job, collect, prompts_of, start_stream
+from lmforge.serve.generation import Job, chat_prompt, collect, prompts_of, start_stream
 from lmforge.serve.openai_shapes import Logprobs, envelope, usage
 from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest
 from lmforge.serve.routes import admit
@@ -91,7 +91,7 @@ async def models(request: Request):
 async def completions(body: CompletionRequest, request: Request):
     state = admit(request, body.model)
     unsupported(body, "suffix", "logit_bias")
-    prompts = prompts_of(state, body.prompt)
+    prompts = await prompts_of(state, body.prompt)
     scored = body.logprobs is not None
     jobs, degraded = [], False
     for prompt_ids in prompts:
@@ -100,7 +100,7 @@ async def completions(body: CompletionRequest, request: Request):
         degraded |= capped
         for i in range(body.n):
             jobs.append((prompt_ids, body.sampling_params(max_tokens, body.logprobs, scored and body.echo, i)))
-    prompt_texts = [state.tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
+    prompt_texts = [state.tokenizer.decode(p, skip_special_tokens=False) if body.echo else "" for p in prompts]
     logprobs = logprobs_of(state)
 
     def choice(index: int, c: Completion) -> dict:
@@ -132,8 +132,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     unsupported(body, "tools", "logit_bias")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", "invalid_request_error", "top_logprobs")
-    prompt_ids = state.tokenizer.apply_chat_template(
-        [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages])
+    prompt_ids = await chat_prompt(state, [{"role": "system" if m.role == "developer" else m.role,
+                                            "content": m.text()} for m in body.messages])
     max_tokens, degraded = state.admission.budget(body.max_completion_tokens or body.max_tokens, len(prompt_ids),
                                                   state.engine.max_seq_len, state.engine.num_waiting)
     alternatives = (body.top_logprobs or 0) if body.logprobs else None

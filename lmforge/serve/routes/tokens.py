@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
 from lmforge.serve.errors import ApiError
-from lmforge.serve.protocol import DetokenizeRequest, TokenizeRequest
+from lmforge.serve.generation import chat_prompt
+from lmforge.serve.protocol import DetokenizeRequest, TokenizeRequest, check_prompt_characters
 from lmforge.serve.routes import admit
 
 router = APIRouter()
@@ -17,9 +20,10 @@ async def tokenize(body: TokenizeRequest, request: Request):
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give either prompt or messages", "invalid_request_error", "prompt")
     if body.messages is not None:
-        ids = state.tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in body.messages])
+        ids = await chat_prompt(state, [{"role": m.role, "content": m.text()} for m in body.messages])
     else:
-        ids = state.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        check_prompt_characters([body.prompt], state.engine.max_seq_len)
+        ids = await asyncio.to_thread(state.tokenizer.encode, body.prompt, add_special_tokens=body.add_special_tokens)
     return {"tokens": ids, "count": len(ids), "max_model_len": state.engine.max_seq_len}
 
 
