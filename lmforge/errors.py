@@ -6,7 +6,12 @@ class LmforgeError(Exception):
 
 
 class ModelError(LmforgeError):
-    """A model file or directory is missing, corrupt or of an unsupported kind."""
+    """A model file or directory is missing, corrupt or of an unsupported kind.
+
+    One line: what a reader library said about a damaged file may span several."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 class RequestError(LmforgeError, ValueError):

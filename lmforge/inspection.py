@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge import catalogue, loading
 from lmforge.config import ModelConfig
 from lmforge.paths import default_cache_dir
 from lmforge.plan import KV_BYTES, WEIGHT_BYTES, weight_bytes
@@ -51,10 +52,8 @@ class ModelReport:
 def _safetensors_header_info(folder: Path) -> tuple[int, Counter]:
     """Parameter count and dtype histogram from safetensors headers (no tensor data read)."""
     total, dtypes = 0, Counter()
-    for file in sorted(folder.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
+    for file in loading.safetensors_files(folder):  # a model folder without weights is an error
+        header = loading.safetensors_header(file)
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -68,8 +67,6 @@ def _safetensors_header_info(folder: Path) -> tuple[int, Counter]:
 
 def inspect_model(spec) -> ModelReport:
     """Report on a catalogue name, config.json, model directory or GGUF file (weights not loaded)."""
-    from lmforge import catalogue, loading
-
     known = catalogue.lookup(str(spec)) if spec is not None and not Path(str(spec)).exists() else None
     if known is not None:
         config = known
@@ -77,7 +74,7 @@ def inspect_model(spec) -> ModelReport:
                            config.parameter_counts(), None, None)
     path = Path(str(spec)) if spec is not None else None
     if path is not None and path.is_file() and not loading.is_gguf_file(path):
-        config = ModelConfig.from_json_file(path)
+        config = loading.config_file(path)
         return ModelReport(path.parent.resolve().name, str(path), config, config.parameter_counts(), None, None)
     source = loading.resolve(spec)
     if source.kind == "gguf":
@@ -89,7 +86,7 @@ def inspect_model(spec) -> ModelReport:
                            source.path.stat().st_size, dict(details.get("quantization_types", {})))
     config = ModelConfig.from_json_file(source.path / "config.json")
     in_weights, dtypes = _safetensors_header_info(source.path)
-    size = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in loading.safetensors_files(source.path))
     quantization = _describe_quantization(source.path / "config.json")
     if quantization is not None:
         in_weights = 0  # packed words and scales are not parameters
@@ -98,9 +95,7 @@ def inspect_model(spec) -> ModelReport:
 
 
 def _describe_quantization(config_file: Path) -> str | None:
-    from lmforge.loading import read_quantization
-
-    found = read_quantization(config_file)
+    found = loading.read_quantization(config_file)
     if found is None:
         return None
     recipe, body, head = found.recipe, found.body, found.head

@@ -69,6 +69,36 @@ def is_gguf_file(path: Path) -> bool:
         return f.read(4) == GGUF_MAGIC
 
 
+def config_file(path: Path) -> ModelConfig:
+    """A file given as a model that is not GGUF: it must be a config.json."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: neither a GGUF file (no 'GGUF' magic) nor a config.json "
+                         f"(not JSON: {e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: a config.json holds a JSON object, this holds {type(data).__name__}")
+    return ModelConfig.from_hf_dict(data, source=str(path))
+
+
+def safetensors_header(file: Path) -> dict:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes), checked."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > size - 8:
+            raise ModelError(f"{file}: corrupt or truncated safetensors file (a header of {length} bytes "
+                             f"in a file of {size})")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{file}: corrupt safetensors file (its header is not JSON: {e})") from None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) and "shape" in v and "dtype" in v
+                                               for k, v in header.items() if k != "__metadata__"):
+        raise ModelError(f"{file}: corrupt safetensors file (its header does not describe tensors)")
+    return header
+
+
 def resolve(spec: str | os.PathLike | None) -> ModelSource:
     """Turn what a user typed into a ModelSource; `None` means the embedded model."""
     if spec is None or str(spec).strip().lower() == EMBEDDED_MODEL_NAME:
@@ -88,7 +118,7 @@ def resolve(spec: str | os.PathLike | None) -> ModelSource:
 
 # --- Hugging Face directories ----------------------------------------------------------------
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -150,7 +180,7 @@ def _load_hf_dir(source: ModelSource) -> Checkpoint:
     config = ModelConfig.from_json_file(source.path / "config.json")
     quantization = read_quantization(source.path / "config.json")
     architecture(config.architecture, str(source.path / "config.json"))
-    tensors = SafetensorsTensors(_safetensors_files(source.path), checkpoint_name)
+    tensors = SafetensorsTensors(safetensors_files(source.path), checkpoint_name)
     check_tensor_names(config, tensors, source.path)
     details = {}
     meta = source.path / "lmforge_source.json"
@@ -321,6 +351,17 @@ def load_checkpoint(spec: str | os.PathLike | None = None, cache_dir: Path | Non
     return _load_hf_dir(source)
 
 
+def check_model(spec: str | os.PathLike | None) -> ModelSource:
+    """The cheap checks that a model will load (its header, config and tensor names; no tensor
+    data), so that a server can refuse a broken file before it listens."""
+    source = resolve(spec)
+    if source.kind == "gguf":
+        gguf_config(_open_gguf(source.path), source.path)
+    else:
+        _load_hf_dir(source)
+    return source
+
+
 def load_config(spec: str | os.PathLike | None) -> tuple[ModelConfig, str]:
     """A config without weights: catalogue name, config.json file, model directory or GGUF."""
     from lmforge import catalogue
@@ -331,7 +372,7 @@ def load_config(spec: str | os.PathLike | None) -> tuple[ModelConfig, str]:
             return known, str(spec).lower()
         path = Path(spec)
         if path.is_file() and not is_gguf_file(path):
-            return ModelConfig.from_json_file(path), path.parent.resolve().name
+            return config_file(path), path.parent.resolve().name
     source = resolve(spec)
     if source.kind == "hf":
         return ModelConfig.from_json_file(source.path / "config.json"), source.name

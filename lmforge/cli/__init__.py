@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LmforgeError as e:
-        err.print(f"[red]error:[/red] {escape(str(e))}")
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # one line, however long
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -41,6 +41,8 @@ def run(args) -> int:
     import uvicorn
 
     from lmforge.serve.app import create_app
+    from lmforge.loading import check_model
+    from lmforge.onnx.export import is_onnx_export, is_onnx_file
     from lmforge.serve.limits import parse_rate
     from lmforge.serve.settings import ServerSettings
 
@@ -58,6 +60,8 @@ def run(args) -> int:
                               degrade_max_tokens=args.degrade_max_tokens, cache_size=args.cache_size,
                               drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_bytes)
     settings.check()
+    if args.backend != "onnxruntime" and not is_onnx_export(args.model) and not is_onnx_file(args.model):
+        check_model(args.model)  # a broken file is refused here, not after the server is up
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     err.print(f"lmforge serve: loading {args.model or 'smollm2-135m'}; listening on http://{args.host}:{args.port} "
               f"(GET /health is 200 once the model is ready)")
