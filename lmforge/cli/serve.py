@@ -38,9 +38,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import logging
 
-    import uvicorn
-
-    from lmforge.serve.app import create_app
+    from lmforge.serve.server import run_server
     from lmforge.loading import check_model
     from lmforge.onnx.export import is_onnx_export, is_onnx_file
     from lmforge.serve.limits import parse_rate
@@ -65,6 +63,5 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     err.print(f"lmforge serve: loading {args.model or 'smollm2-135m'}; listening on http://{args.host}:{args.port} "
               f"(GET /health is 200 once the model is ready)")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.drain_timeout)
+    run_server(settings, args.host, args.port, args.log_level)
     return 0

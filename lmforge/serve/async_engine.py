@@ -35,6 +35,10 @@ class EngineStopped(Exception):
     """The engine is shutting down and takes no new requests."""
 
 
+class EngineFailed(Exception):
+    """A step of the engine raised: the requests in flight were ended (the server keeps going)."""
+
+
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
@@ -182,7 +186,7 @@ class AsyncEngine:
                 log.exception("engine step failed")
                 for request_id in list(self._streams):
                     self.engine.abort(request_id)
-                    self._deliver(request_id, RuntimeError(f"the engine failed: {e}"))
+                    self._deliver(request_id, EngineFailed(f"the engine failed: {e}"))
                 continue
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.perf_counter() - start)
             for output in outputs:

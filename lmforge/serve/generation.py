@@ -14,7 +14,7 @@ from fastapi import Request
 from lmforge.engine import Completion, RequestOutput
 from lmforge.errors import RequestError
 from lmforge.sampling import SamplingParams
-from lmforge.serve.async_engine import EngineOverloaded, EngineStopped
+from lmforge.serve.async_engine import EngineFailed, EngineOverloaded, EngineStopped
 from lmforge.serve.errors import ApiError, bad_request
 from lmforge.serve.limits import ResponseCache, retry_after_header
 from lmforge.serve.protocol import check_prompt_characters
@@ -65,6 +65,8 @@ async def stream_job(state: ServerState, prompt_ids: list[int], params: Sampling
                        headers=retry_after_header(e.retry_after)) from None
     except EngineStopped as e:
         raise ApiError(503, str(e), "server_error", code="unavailable") from None
+    except EngineFailed as e:
+        raise ApiError(500, str(e), "server_error", code="engine_failed") from None
     except RequestError as e:
         raise bad_request(e) from None
 

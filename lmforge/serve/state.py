@@ -29,6 +29,7 @@ class ServerState:
         self.model_name = settings.served_model_name
         self.failure: str | None = None
         self.draining = False
+        self._shutdown_lock = threading.Lock()
         self.created = int(time.time())
 
     def start_loading(self) -> None:
@@ -61,6 +62,9 @@ class ServerState:
         return self.lm.tokenizer
 
     def shutdown(self) -> None:
+        """Take no new requests; let running ones finish for up to drain_timeout, then end them
+        (each gets an error). Safe to call again: a stopped engine returns at once."""
         self.draining = True
-        if self.engine is not None:
-            self.engine.shutdown(self.settings.drain_timeout)
+        with self._shutdown_lock:
+            if self.engine is not None:
+                self.engine.shutdown(self.settings.drain_timeout)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import AsyncIterator, Callable, Iterable
 
 from lmforge.engine import Completion, RequestOutput
-from lmforge.serve.openai_shapes import sse
+from lmforge.serve.errors import ApiError
+from lmforge.serve.openai_shapes import error_body, sse
 
 
 async def sse_events(first: tuple[int, RequestOutput], streams: AsyncIterator[tuple[int, RequestOutput]], jobs: int,
@@ -27,7 +28,12 @@ async def sse_events(first: tuple[int, RequestOutput], streams: AsyncIterator[tu
                 yield sse(payload)
             if len(finished) == jobs:
                 break
-            item = await anext(streams)
+            try:
+                item = await anext(streams)
+            except ApiError as e:  # the server stopped it (shutdown, engine failure): say so, then end
+                yield sse(error_body(str(e), e.error_type, e.param, e.code))
+                yield sse("[DONE]")
+                return
         for payload in (closing([finished[i] for i in sorted(finished)]) if closing else ()):
             yield sse(payload)
         yield sse("[DONE]")
