@@ -14,6 +14,7 @@ PACKAGE = Path(lmforge.__file__).parent
 # The longest matching prefix decides a module's floor.
 FLOORS = {
     "lmforge.errors": 0, "lmforge.paths": 0, "lmforge.atomic": 0, "lmforge.progress": 0, "lmforge.decoder": 0,
+    "lmforge.memory": 0,
     "lmforge.models.registry": 0, "lmforge.quant.recipe": 0, "lmforge.data": 0,
     "lmforge.config": 1, "lmforge.precision": 1, "lmforge.catalogue": 1, "lmforge.formats": 1, "lmforge.plan": 1,
     "lmforge.native": 1, "lmforge.cpu_kernels": 1,

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable
 
 from lmforge.engine import Engine, RequestOutput
 from lmforge.errors import RequestError
+from lmforge.memory import MemoryReturner
 from lmforge.sampling import SamplingParams
 
 log = logging.getLogger("lmforge.serve")
@@ -51,6 +52,7 @@ class AsyncEngine:
         self.engine = engine
         self.max_queue = max_queue
         self._on_step = on_step
+        self.memory = MemoryReturner()
         self._commands: collections.deque = collections.deque()
         self._streams: dict[str, _Stream] = {}
         self._wake = threading.Event()
@@ -176,6 +178,7 @@ class AsyncEngine:
             if not self.engine.has_unfinished():
                 if self._stopping and not self._commands:
                     return
+                self.memory.when_idle()
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
@@ -191,5 +194,6 @@ class AsyncEngine:
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.perf_counter() - start)
             for output in outputs:
                 self._deliver(output.request_id, output)
+            self.memory.after_step()
             if self._on_step is not None:
                 self._on_step(self)
