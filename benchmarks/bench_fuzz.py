@@ -7,7 +7,8 @@ and afterwards the server is healthy and still answers. The tests run a short ve
 
     .venv/bin/python benchmarks/bench_fuzz.py [--cases 1000] [--seed 0]
 
-Prints a table of status codes by route and writes benchmarks/out/bench_fuzz.json.
+Prints a table of status codes by route, writes benchmarks/out/bench_fuzz.json and its section of
+benchmarks/RESULTS.md (`--from-json FILE` rewrites that section from an earlier run's JSON).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import json
 import sys
 import time
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results_md import replace_section  # noqa: E402
 SERVER_ARGS = ["--max-seq-len", "48", "--max-queue", "256", "--request-timeout", "60"]  # quick cases
 
 
@@ -76,6 +80,19 @@ def fuzz(url: str, cases: int, seed: int = 0, progress=None) -> dict:
             "failures": failures, "healthy_after": health.status_code == 200 and answer.status_code == 200}
 
 
+def write_results(report: dict) -> None:
+    lines = [f"Measured {report.get('date', 'unknown date')}; seed {report['seed']}, {report['cases_per_mode']} valid and "
+             f"{report['cases_per_mode']} invalid generated cases per operation (fewer where the schema admits fewer), "
+             f"{report['seconds']:.0f} s.", "", "| route | cases | status codes |", "| --- | ---: | --- |"]
+    for name, counts in report["routes"].items():
+        lines.append(f"| {name} | {sum(counts.values())} | "
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + " |")
+    lines += ["", f"Failures (5xx, or an error not in OpenAI's shape): {len(report['failures'])}; "
+              f"healthy afterwards: {'yes' if report['healthy_after'] else '**no**'}."]
+    replace_section("bench_fuzz", lines, "## Fuzz (`benchmarks/bench_fuzz.py`)\n\n"
+                    "Schema-driven requests to every route: no 5xx, errors in OpenAI's shape.")
+
+
 def main() -> None:
     from lmforge.serve.process import ServerProcess
 
@@ -83,7 +100,11 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1000, help="cases per route and mode (1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "out" / "bench_fuzz.json"))
+    parser.add_argument("--from-json", help="only write the RESULTS.md section from this earlier run")
     args = parser.parse_args()
+    if args.from_json:
+        write_results(json.loads(Path(args.from_json).read_text()))
+        return
     start = time.perf_counter()
     log = Path(args.out).with_suffix(".server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +121,9 @@ def main() -> None:
           f"{report['seconds']:.0f} s; wrote {args.out}")
     for line in report["failures"][:20]:
         print("  " + line)
+    report["date"] = date.today().isoformat()
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_results(report)
     sys.exit(1 if report["failures"] or not report["healthy_after"] else 0)
 
 
