@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from llama_cpp import DEFAULT_BIN, LlamaServer  # noqa: E402
 from results_md import replace_section  # noqa: E402
 
 MB = 2**20
@@ -70,32 +69,14 @@ def llama_server_rss(bin_dir: Path, max_batch: int, max_seq_len: int, requests: 
     import psutil
 
     from lmforge.loading import embedded_model_path
-    from lmforge.serve.process import free_port
 
-    server = bin_dir / "llama-server"
-    if not server.is_file():
+    if not (bin_dir / "llama-server").is_file():
         return None
-    port = free_port()
-    proc = subprocess.Popen([str(server), "-m", str(embedded_model_path()), "--port", str(port), "-np", str(max_batch),
-                             "-c", str(max_batch * max_seq_len), "-t", str(os.cpu_count() or 2)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with LlamaServer(bin_dir, embedded_model_path(), parallel=max_batch, context=max_batch * max_seq_len) as server:
         for i in range(requests):
-            httpx.post(url + "/v1/completions", json={"prompt": "the river " * (20 + 30 * i), "max_tokens": 16},
-                       timeout=120)
-        return psutil.Process(proc.pid).memory_info().rss / MB
-    finally:
-        proc.terminate()
-        proc.wait(30)
+            httpx.post(server.url + "/v1/completions",
+                       json={"prompt": "the river " * (20 + 30 * i), "max_tokens": 16}, timeout=120)
+        return psutil.Process(server.pid).memory_info().rss / MB
 
 
 def main() -> None:
@@ -106,7 +87,7 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=8192, help="context per slot (the model's: 8192)")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--llama-cpp", default=str(Path.home() / ".cache/lmforge/llama.cpp/bin"))
+    parser.add_argument("--llama-cpp", default=str(DEFAULT_BIN))
     parser.add_argument("--out", default=str(HERE / "out" / "bench_memory.json"))
     args = parser.parse_args()
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from llama_cpp import DEFAULT_BIN, LlamaServer  # noqa: E402
 from results_md import replace_section  # noqa: E402
 
 MODEL_ID = "smollm2-135m"
@@ -190,33 +191,8 @@ def run_phase(name: str, url: str, pid: int, args, kinds: dict, headers: dict, m
             "rss_growth": rss_end / settled[0] - 1, "healthy_after": health == 200, "rss_samples": samples}
 
 
-def llama_server(bin_dir: Path, model: Path, port: int, log: Path):
-    import subprocess
-
-    env = dict(os.environ, LD_LIBRARY_PATH=str(bin_dir))
-    command = [str(bin_dir / "llama-server"), "-m", str(model), "--port", str(port), "--host", "127.0.0.1",
-               "-np", "4", "-c", "4096", "-t", str(os.cpu_count() or 2), "--alias", MODEL_ID]
-    return subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_healthy(url: str, proc, seconds: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("llama-server did not become healthy")
-
-
 def main() -> None:
-    from lmforge.serve.process import ServerProcess, free_port
+    from lmforge.serve.process import ServerProcess
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -227,7 +203,7 @@ def main() -> None:
     parser.add_argument("--burst-every", type=float, default=60.0, help="seconds between bursts (60)")
     parser.add_argument("--burst-size", type=int, default=24, help="requests per burst (24)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--llama-cpp", default=str(Path.home() / ".cache/lmforge/llama.cpp/bin"),
+    parser.add_argument("--llama-cpp", default=str(DEFAULT_BIN),
                         help="folder with llama-server (scripts/build_llama_cpp.sh)")
     parser.add_argument("--out", default=str(HERE / "out" / "bench_soak.json"))
     args = parser.parse_args()
@@ -250,16 +226,11 @@ def main() -> None:
     else:
         from lmforge.loading import embedded_model_path
 
-        port = free_port()
-        proc = llama_server(bin_dir, embedded_model_path(), port, out.with_suffix(".llama-server.log"))
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(url, proc)
+        with LlamaServer(bin_dir, embedded_model_path(), parallel=4, context=4096,
+                         log=out.with_suffix(".llama-server.log"), alias=MODEL_ID) as reference:
             kinds = {k: w for k, w in MIX.items() if k not in ("generate", "tokenize", "no_key")}
-            phases.append(run_phase("llama-server -np 4", url, proc.pid, args, kinds, {}, args.reference_minutes))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+            phases.append(run_phase("llama-server -np 4", reference.url, reference.pid, args, kinds, {},
+                                    args.reference_minutes))
 
     results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "workers": args.workers, "max_queue": args.max_queue, "burst_every_s": args.burst_every,
