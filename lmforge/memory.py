@@ -3,8 +3,8 @@
 A server's activations change shape with every batch (prompt lengths, batch sizes), and glibc's
 allocator keeps the freed pieces in its arenas: measured on the embedded model, resident memory
 grew ~700 MB over 300 varied batches without `malloc_trim` and levelled off ~220 MB lower with it
-(benchmarks/RESULTS.md, memory section). `malloc_trim(0)` costs a few milliseconds, so the engine
-loop calls it when it goes idle and about once a second while busy.
+(`benchmarks/bench_memory.py --batches 300` repeats it). `malloc_trim(0)` took ~0.05 ms there; the
+engine loop calls it when it goes idle and about once a second while busy.
 """
 
 from __future__ import annotations
