@@ -3,7 +3,8 @@ starting an engine on the embedded model, beside the bytes each part should take
 RSS on the same model when a llama.cpp build is present (scripts/build_llama_cpp.sh).
 
 Stages: Python, torch imported, model loaded (weights + tokenizer), engine created (KV cache
-preallocated for max_batch x max_seq_len), then varied batches (prompts of 5-300 words, 1-4 at a
+preallocated for max_batch x max_seq_len), kernels warmed up at every bounded row count (as
+`lmforge serve` does before taking traffic), then varied batches (prompts of 5-300 words, 1-4 at a
 time) without and with giving freed heap pages back (`lmforge.memory.release_free_memory`).
 
     .venv/bin/python benchmarks/bench_memory.py [--max-batch 8] [--max-seq-len 8192] [--batches 200]
@@ -43,6 +44,7 @@ def stages(dtype: str, max_batch: int, max_seq_len: int, batches: int, trim: boo
     from lmforge import api
     from lmforge.engine.engine import Engine
     from lmforge.memory import release_free_memory
+    from lmforge.models.layers import warm_up_products
     from lmforge.sampling import SamplingParams
 
     lm = api.load(None, dtype=dtype)
@@ -51,6 +53,8 @@ def stages(dtype: str, max_batch: int, max_seq_len: int, batches: int, trim: boo
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     engine = Engine(lm.model, lm.tokenizer, max_batch=max_batch, max_seq_len=max_seq_len)
     rss.append(("engine created", process.memory_info().rss))
+    warm_up_products(lm.model, max(engine.scheduler.prefill_chunk, max_batch))  # as lmforge serve does
+    rss.append(("kernels warmed up", process.memory_info().rss))
     rng = random.Random(0)
     words = "the cat river stone light market winter song letter road garden ship".split()
     for i in range(batches):
@@ -76,6 +80,8 @@ def llama_server_rss(bin_dir: Path, max_batch: int, max_seq_len: int, requests: 
         for i in range(requests):
             httpx.post(server.url + "/v1/completions",
                        json={"prompt": "the river " * (20 + 30 * i), "max_tokens": 16}, timeout=120)
+        if server.note:
+            print(f"llama-server: {server.note}")
         return psutil.Process(server.pid).memory_info().rss / MB
 
 

@@ -229,8 +229,10 @@ def main() -> None:
         with LlamaServer(bin_dir, embedded_model_path(), parallel=4, context=4096,
                          log=out.with_suffix(".llama-server.log"), alias=MODEL_ID) as reference:
             kinds = {k: w for k, w in MIX.items() if k not in ("generate", "tokenize", "no_key")}
-            phases.append(run_phase("llama-server -np 4", reference.url, reference.pid, args, kinds, {},
-                                    args.reference_minutes))
+            phases.append(run_phase("llama-server -np 4" + (" --no-repack" if reference.note else ""),
+                                    reference.url, reference.pid, args, kinds, {}, args.reference_minutes))
+            if reference.note:
+                print(f"llama-server: {reference.note}")
 
     results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "workers": args.workers, "max_queue": args.max_queue, "burst_every_s": args.burst_every,

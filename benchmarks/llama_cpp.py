@@ -11,6 +11,10 @@ from pathlib import Path
 DEFAULT_BIN = Path.home() / ".cache/lmforge/llama.cpp/bin"
 
 
+class CrashedAtStart(RuntimeError):
+    pass
+
+
 class LlamaServer:
     """with LlamaServer(bin_dir, model, parallel=4, context=4096) as server: ... server.url, server.pid"""
 
@@ -27,20 +31,34 @@ class LlamaServer:
         self.log = log
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
+        self.note = ""  # how the start differed from the plain command, for the benchmark's report
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def __enter__(self) -> "LlamaServer":
+        try:
+            return self._start()
+        except CrashedAtStart as crash:
+            # Seen on an AMX host (2026-12-04): the native build's AMX repacking dies with SIGILL or
+            # SIGSEGV when the model loads; without repacked weights the same build runs.
+            self.command.append("--no-repack")
+            self.note = f"{crash}; restarted with --no-repack"
+            return self._start()
+
+    def _start(self) -> "LlamaServer":
         import httpx
 
         output = open(self.log, "wb") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command, stdout=output, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with status {self.proc.returncode}")
+            status = self.proc.poll()
+            if status is not None and status < 0 and "--no-repack" not in self.command:
+                raise CrashedAtStart(f"llama-server died by signal {-status} while starting")
+            if status is not None:
+                raise RuntimeError(f"llama-server exited with status {status}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return self

@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from lmforge.engine import Engine
+from lmforge.models.layers import warm_up_products
 from lmforge.serve.admission import Admission, Readiness
 from lmforge.serve.async_engine import AsyncEngine
 from lmforge.serve.limits import ResponseCache
@@ -39,6 +40,8 @@ class ServerState:
                 lm = self.load()
                 engine = Engine(lm.model, lm.tokenizer, max_batch=self.settings.max_batch,
                                 max_seq_len=self.settings.max_seq_len, prefill_chunk=self.settings.prefill_chunk)
+                # per-shape kernel state is built now, not while serving: RSS stays flat afterwards
+                warm_up_products(lm.model, max(self.settings.prefill_chunk, self.settings.max_batch))
                 self.metrics.kv_slots_total.set(self.settings.max_batch)
                 async_engine = AsyncEngine(engine, self.settings.max_queue, self.metrics.observe_engine)
                 async_engine.start()
