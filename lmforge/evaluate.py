@@ -25,19 +25,26 @@ class EvalResult:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+def check_window_args(ctx: int, stride: int) -> None:
+    """Raise on window settings `windows` cannot use (before any model is loaded)."""
+    if ctx < 2 or not 0 < stride <= ctx:
+        raise LmforgeError(f"need ctx >= 2 and 0 < stride <= ctx (got ctx={ctx}, stride={stride})")
+
+
 def windows(num_tokens: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first_scored) per window: every position 1..n-1 is scored exactly once, each
-    with up to `ctx` tokens of context, windows moving `stride` tokens at a time."""
-    if ctx < 2 or not 0 < stride < ctx:
-        # stride == ctx would leave each window's first token without context to predict it from
-        raise LmforgeError(f"need ctx >= 2 and 0 < stride < ctx (got ctx={ctx}, stride={stride})")
+    """(begin, end, first_scored) per window, each with up to `ctx` tokens of context, windows moving
+    `stride` tokens at a time. With stride < ctx every position 1..n-1 is scored exactly once; with
+    stride == ctx (non-overlapping windows, the protocol of llama.cpp and transformers' guide) each
+    window's first token has no context and is not scored."""
+    check_window_args(ctx, stride)
     if num_tokens < 2:
         raise LmforgeError("the text has fewer than two tokens: nothing to score")
     out, prev_end = [], 1
     for begin in range(0, num_tokens, stride):
         end = min(begin + ctx, num_tokens)
-        if end > prev_end:
-            out.append((begin, end, prev_end))
+        first = max(prev_end, begin + 1)
+        if end > first:
+            out.append((begin, end, first))
             prev_end = end
         if end == num_tokens:
             break

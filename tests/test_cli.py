@@ -145,6 +145,8 @@ def test_eval_bf16_against_float32(shared_data):
 @pytest.mark.parametrize("args,message", [
     (["eval", "--text", "/nonexistent.txt"], "no such file"),
     (["eval", "--text", "README.md", "--ctx", "8", "--stride", "16"], "stride"),
+    # checked before the model (here one that does not exist) is loaded
+    (["eval", "/nonexistent/model", "--text", "README.md", "--ctx", "8", "--stride", "0"], "stride"),
     (["generate", "hi", "--model", "/nonexistent/model"], "no such file"),
     (["generate", "hi", "--max-tokens", "-5"], "max_tokens"),
     (["generate", "word " * 9000, "--max-tokens", "4"], "context window"),

@@ -13,9 +13,19 @@ def test_windows_score_every_token_once_with_bounded_context():
         scored = [p for begin, end, first in spans for p in range(first, end)]
         assert scored == list(range(1, n))
         assert all(end - begin <= ctx and begin < first for begin, end, first in spans)
-    for bad_stride in (4, 5, 0):
+    for bad_stride in (5, 0, -1):
         with pytest.raises(LmforgeError):
             windows(10, 4, bad_stride)
+
+
+def test_non_overlapping_windows_score_all_but_each_windows_first_token():
+    """stride == ctx: llama.cpp's and transformers' protocol; no token scored twice or without context."""
+    for n, ctx in [(10, 4), (64, 8), (65, 8), (3, 8)]:
+        spans = windows(n, ctx, ctx)
+        assert [begin for begin, _, _ in spans] == list(range(0, n - 1, ctx))[:len(spans)]
+        scored = [p for begin, end, first in spans for p in range(first, end)]
+        assert scored == [p for p in range(1, n) if p % ctx != 0]
+        assert all(end - begin <= ctx and first == begin + 1 for begin, end, first in spans)
     with pytest.raises(LmforgeError):
         windows(1, 4, 2)
 

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     add_backend_arg(p)
     p.add_argument("--text", required=True, help="UTF-8 text file to score")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
-    p.add_argument("--stride", type=int, default=256, help="window step in tokens (256)")
+    p.add_argument("--stride", type=int, default=256, help="window step in tokens (256; equal to --ctx for non-overlapping windows)")
     p.add_argument("--max-text-tokens", type=int, default=None, help="score only the first N tokens of the text")
     p.add_argument("--reference", default=None, help="reference model for KL / top-1 (default: the same model)")
     p.add_argument("--reference-dtype", default=None, choices=["float32", "bfloat16"],
@@ -28,8 +28,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from lmforge.api import load
-    from lmforge.evaluate import evaluate
+    from lmforge.evaluate import check_window_args, evaluate
 
+    check_window_args(args.ctx, args.stride)  # before the model loads (tens of seconds)
     text = read_text_arg(None, args.text)
     if args.max_text_tokens is not None and args.max_text_tokens < 2:
         raise LmforgeError("--max-text-tokens must be at least 2")
